@@ -1,0 +1,29 @@
+"""Installs imuge-tf: the `imuge_tf` package and the `imuge` command."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="imuge-tf",
+    version="0.1.0",
+    description=(
+        "Immunized images (Imuge, ACM MM 2021) on Keras 3 / TensorFlow: tamper "
+        "localization and content recovery that survive JPEG, resizing and more."
+    ),
+    python_requires=">=3.10",
+    packages=find_packages(include=["imuge_tf", "imuge_tf.*"]),
+    include_package_data=True,
+    package_data={"imuge_tf": ["pretrained/*", "configs/*.yaml"]},
+    install_requires=[
+        "tensorflow==2.21.*",
+        "keras==3.15.*",
+        "numpy",
+        "pillow",
+        "pyyaml",
+        "tqdm",
+        "scikit-image",
+    ],
+    extras_require={
+        "test": ["pytest", "ruff"],
+    },
+    entry_points={"console_scripts": ["imuge=imuge_tf.cli:main"]},
+)

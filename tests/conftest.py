@@ -1,0 +1,39 @@
+"""Shared fixtures: real photos from scikit-image, written to real files."""
+
+import os
+
+# Keep TensorFlow quiet and single-process friendly in tests.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+# Colour photos bundled with scikit-image (no network needed).
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A bundled photo as an H x W x 3 uint8 array."""
+    image = getattr(skimage.data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict:
+    return {name: load_photo(name) for name in PHOTO_NAMES}
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory) -> str:
+    """A folder of real image files in several formats, one of them in a subfolder."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "nested").mkdir()
+    formats = ["jpg", "png", "bmp", "tiff", "webp", "jpg"]
+    for i, (name, fmt) in enumerate(zip(PHOTO_NAMES, formats)):
+        folder = root / "nested" if i == 0 else root
+        Image.fromarray(load_photo(name)).save(folder / f"{name}.{fmt}")
+    return str(root)
