@@ -1,0 +1,322 @@
+"""ImugeModel: the five networks of the paper trained together (sections 3.1-3.5).
+
+One `keras.Model` owns the encoder E, verifier V, decoder R and the discriminators D_C and D_S.
+`train_step` runs the generator update (E, V, R on L_G) and then the discriminator update
+(D_C, D_S on eq. 9), like the keras-io GAN examples. The training schedule (progressive
+recovery stages, the fade-in `alpha`, task decoupling) is a pure function of the step counter,
+so a run resumed from a checkpoint is at the same point of the schedule.
+"""
+
+import keras
+import tensorflow as tf
+
+from imuge_tf import losses
+from imuge_tf.attacks.pipeline import AttackPipeline
+from imuge_tf.metrics import masked_psnr, psnr
+from imuge_tf.models.unet import LEVELS
+
+LOSS_NAMES = ("L_G", "L_R", "L_C", "L_cls", "L_DR", "L_DC", "L_D_C", "L_D_S")
+QUALITY_NAMES = ("psnr_immunized", "psnr_recovered", "l_psnr")
+
+
+def training_schedule(step, *, steps_per_epoch, stage_epochs, fade_fraction, decoupling_epochs,
+                      progressive_recovery=True, task_decoupling=True):
+    """Where training is at `step`: (stage 1..4 int32, alpha float32, decoupled bool).
+
+    Stages 1-3 of progressive recovery last `stage_epochs` each, stage 4 the rest; the
+    segments new in a stage fade in over its first `fade_fraction` (section 3.3.2). Task
+    decoupling holds for the first `decoupling_epochs` (section 3.3.1).
+    """
+    epoch = tf.cast(step, tf.float32) / float(steps_per_epoch)
+    if progressive_recovery and stage_epochs > 0:
+        stage_float = 1.0 + tf.floor(epoch / float(stage_epochs))
+        stage = tf.cast(tf.minimum(stage_float, float(LEVELS)), tf.int32)
+        into_stage = epoch - (tf.cast(stage, tf.float32) - 1.0) * float(stage_epochs)
+        fade_epochs = max(fade_fraction * stage_epochs, 1e-6)
+        alpha = tf.clip_by_value(into_stage / fade_epochs, 0.0, 1.0)
+        alpha = tf.where(stage == 1, 1.0, alpha)  # stage 1 has nothing to fade from
+    else:
+        stage, alpha = tf.constant(LEVELS, tf.int32), tf.constant(1.0)
+    decoupled = tf.logical_and(tf.constant(task_decoupling), epoch < float(decoupling_epochs))
+    return stage, alpha, decoupled
+
+
+@keras.saving.register_keras_serializable(package="imuge_tf")
+class ImugeModel(keras.Model):
+    """Encoder + attack layer + verifier + decoder (+ two PatchGAN discriminators).
+
+    Args:
+        encoder: U-Net, image -> residual in [-1, 1]; `I_M = clip(I + R)`.
+        verifier: U-Net, image -> per-pixel tamper probability.
+        decoder: U-Net, [rectified image, mask] -> recovered image; built with
+            `progressive=True` when `progressive_recovery` is on.
+        container_discriminator, recovery_discriminator: PatchGANs D_C and D_S, or None to
+            train without discriminators.
+        attacks: keyword arguments of `AttackPipeline` (a flat dict).
+        use_verifier: False for the ablation without V (the decoder then sees the attacked
+            image with its tampered content and an empty mask).
+        classification_weight, adversarial_weight, immunization_weight,
+            container_adversarial_weight: alpha, beta, gamma, theta of eqs. 3, 6, 8.
+        steps_per_epoch, stage_epochs, fade_fraction, decoupling_epochs,
+            progressive_recovery, task_decoupling: the schedule, see `training_schedule`.
+    """
+
+    def __init__(self, encoder, verifier, decoder, container_discriminator=None,
+                 recovery_discriminator=None, attacks=None, use_verifier=True,
+                 classification_weight=0.01, adversarial_weight=0.005, immunization_weight=0.5,
+                 container_adversarial_weight=0.5, steps_per_epoch=1000, stage_epochs=20,
+                 fade_fraction=0.5, decoupling_epochs=100, progressive_recovery=True,
+                 task_decoupling=True, **kwargs):
+        super().__init__(**kwargs)
+        if (container_discriminator is None) != (recovery_discriminator is None):
+            raise ValueError("give both discriminators or neither")
+        if progressive_recovery and not getattr(decoder, "progressive", False):
+            raise ValueError("progressive_recovery needs a decoder built with progressive=True")
+        self.encoder = encoder
+        self.verifier = verifier
+        self.decoder = decoder
+        self.container_discriminator = container_discriminator
+        self.recovery_discriminator = recovery_discriminator
+        self.attack_config = dict(attacks or {})
+        self.attacks = AttackPipeline(**self.attack_config)
+        self.use_verifier = use_verifier
+        self.classification_weight = classification_weight
+        self.adversarial_weight = adversarial_weight
+        self.immunization_weight = immunization_weight
+        self.container_adversarial_weight = container_adversarial_weight
+        self.steps_per_epoch = steps_per_epoch
+        self.stage_epochs = stage_epochs
+        self.fade_fraction = fade_fraction
+        self.decoupling_epochs = decoupling_epochs
+        self.progressive_recovery = progressive_recovery
+        self.task_decoupling = task_decoupling
+        self.trackers = {name: keras.metrics.Mean(name=name)
+                         for name in (*LOSS_NAMES, *QUALITY_NAMES)}
+        self.built = True
+
+    @property
+    def use_discriminators(self):
+        return self.container_discriminator is not None
+
+    @property
+    def generator_variables(self):
+        networks = [self.encoder, self.decoder] + ([self.verifier] if self.use_verifier else [])
+        return [v for network in networks for v in network.trainable_variables]
+
+    @property
+    def discriminator_variables(self):
+        if not self.use_discriminators:
+            return []
+        return (self.container_discriminator.trainable_variables
+                + self.recovery_discriminator.trainable_variables)
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def compile(self, generator_optimizer=None, discriminator_optimizer=None, **kwargs):
+        """Sets and builds both optimizers on their exact variables.
+
+        Call inside `strategy.scope()`: an optimizer built lazily inside a distributed step
+        fails under MirroredStrategy (DESIGN.md, known pitfalls).
+        """
+        generator_optimizer = generator_optimizer or keras.optimizers.Adam(2e-4)
+        discriminator_optimizer = discriminator_optimizer or keras.optimizers.Adam(2e-4)
+        # The generator optimizer is `self.optimizer`, so Keras does not make one of its own
+        # and its `iterations` is the step counter of the schedule.
+        super().compile(optimizer=generator_optimizer, **kwargs)
+        self.discriminator_optimizer = discriminator_optimizer
+        generator_optimizer.build(self.generator_variables)
+        if self.use_discriminators:
+            discriminator_optimizer.build(self.discriminator_variables)
+
+    def call(self, images, training=False):
+        """The immunized image of `images` (inference path of the encoder)."""
+        return self.immunize(images, training=training)
+
+    def immunize(self, images, training=False):
+        residual = self.encoder(images, training=training)
+        return tf.clip_by_value(images + residual, 0.0, 1.0)
+
+    def schedule(self, step=None):
+        """(stage, alpha, decoupled) at `step` (default: the optimizer's step counter)."""
+        if step is None:
+            step = self.optimizer.iterations
+        return training_schedule(
+            step, steps_per_epoch=self.steps_per_epoch, stage_epochs=self.stage_epochs,
+            fade_fraction=self.fade_fraction, decoupling_epochs=self.decoupling_epochs,
+            progressive_recovery=self.progressive_recovery, task_decoupling=self.task_decoupling)
+
+    def forward(self, batch, stage, alpha, decoupled, training=False):
+        """The whole data flow of Fig. 2 (Fig. 3 while decoupled) on one batch; a dict."""
+        images = batch["image"]
+        immunized = self.immunize(images, training=training)
+        attacked_out = self.attacks(immunized, batch["donor"], batch["mask"], batch["seed"])
+        attacked, true_mask = attacked_out["attacked"], attacked_out["mask"]
+
+        if self.use_verifier:
+            # While decoupled, V learns from L_cls alone: no gradient flows back into E.
+            verifier_input = tf.cond(decoupled, lambda: tf.stop_gradient(attacked),
+                                     lambda: attacked)
+            predicted_mask = self.verifier(verifier_input, training=training)
+            decoder_mask = tf.where(decoupled, true_mask, predicted_mask)
+        else:
+            predicted_mask = tf.zeros_like(true_mask)
+            decoder_mask = predicted_mask
+        rectified = attacked * (1.0 - decoder_mask)
+        recovered, reference = self._recover(images, rectified, decoder_mask, stage, alpha,
+                                             training)
+        return {
+            "image": images,
+            "immunized": immunized,
+            "attacked": attacked,
+            "tampered": attacked_out["tampered"],
+            "true_mask": true_mask,
+            "predicted_mask": predicted_mask,
+            "rectified": rectified,
+            "recovered": recovered,
+            "reference": reference,
+        }
+
+    def _recover(self, images, rectified, mask, stage, alpha, training):
+        """Runs the decoder at the current progressive stage; returns (I_R, its target).
+
+        Both come back at full size: stage s recovers at 1/2^(4-s) resolution, so its target is
+        the original brought down to that resolution and back up the same way.
+        """
+        if not self.progressive_recovery:
+            return self.decoder([rectified, mask], training=training), images
+
+        def branch(stage_number):
+            def run():
+                recovered = self.decoder.progressive_call(rectified, mask, stage=stage_number,
+                                                          alpha=alpha, training=training)
+                factor = 2 ** (LEVELS - stage_number)
+                reference = images
+                if factor > 1:
+                    size = tf.shape(images)[1:3]
+                    reference = tf.nn.avg_pool2d(images, factor, factor, "VALID")
+                    reference = tf.image.resize(reference, size, method="bilinear")
+                return recovered, reference
+            return run
+
+        return tf.switch_case(stage - 1, [branch(s) for s in range(1, LEVELS + 1)])
+
+    def _generator_losses(self, outputs, decoupled):
+        images, immunized = outputs["image"], outputs["immunized"]
+        true_mask = outputs["true_mask"]
+        terms = {
+            "L_R": losses.recovery_loss(outputs["reference"], outputs["recovered"], true_mask),
+            "L_C": losses.immunization_loss(images, immunized),
+            "L_cls": losses.tamper_classification_loss(outputs["predicted_mask"], true_mask)
+            if self.use_verifier else tf.constant(0.0),
+        }
+        if self.use_discriminators:
+            terms["L_DR"] = losses.generator_adversarial_loss(
+                self.recovery_discriminator(outputs["recovered"], training=False))
+            terms["L_DC"] = losses.generator_adversarial_loss(
+                self.container_discriminator(immunized, training=False))
+        else:
+            terms["L_DR"] = terms["L_DC"] = tf.constant(0.0)
+        # While decoupled, L_cls trains V alone (section 3.5): full weight, no path into E/R.
+        classification_weight = tf.where(decoupled, 1.0, self.classification_weight)
+        terms["L_G"] = losses.generator_loss(
+            terms["L_R"], terms["L_C"], terms["L_cls"], terms["L_DR"], terms["L_DC"],
+            classification_weight=classification_weight,
+            adversarial_weight=self.adversarial_weight if self.use_discriminators else 0.0,
+            immunization_weight=self.immunization_weight,
+            container_adversarial_weight=self.container_adversarial_weight)
+        return terms
+
+    def _generator_step(self, batch, stage, alpha, decoupled):
+        variables = self.generator_variables
+        with tf.GradientTape() as tape:
+            outputs = self.forward(batch, stage, alpha, decoupled, training=True)
+            terms = self._generator_losses(outputs, decoupled)
+            scaled = terms["L_G"] / tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return outputs, terms
+
+    def _discriminator_step(self, images, immunized, recovered, reference):
+        variables = self.discriminator_variables
+        with tf.GradientTape() as tape:
+            container = losses.discriminator_loss(
+                self.container_discriminator(images, training=True),
+                self.container_discriminator(tf.stop_gradient(immunized), training=True))
+            recovery = losses.discriminator_loss(
+                self.recovery_discriminator(reference, training=True),
+                self.recovery_discriminator(tf.stop_gradient(recovered), training=True))
+            scaled = (container + recovery) / tf.distribute.get_strategy().num_replicas_in_sync
+        gradients = tape.gradient(scaled, variables)
+        self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
+        return {"L_D_C": container, "L_D_S": recovery}
+
+    def train_step(self, batch):
+        stage, alpha, decoupled = self.schedule()
+        outputs, terms = self._generator_step(batch, stage, alpha, decoupled)
+        if self.use_discriminators:
+            terms.update(self._discriminator_step(outputs["image"], outputs["immunized"],
+                                                  outputs["recovered"], outputs["reference"]))
+        return self._update_metrics(outputs, terms, stage, alpha, decoupled)
+
+    def test_step(self, batch):
+        stage, alpha, decoupled = self.schedule()
+        outputs = self.forward(batch, stage, alpha, decoupled, training=False)
+        terms = self._generator_losses(outputs, decoupled)
+        if self.use_discriminators:
+            terms["L_D_C"] = losses.discriminator_loss(
+                self.container_discriminator(outputs["image"]),
+                self.container_discriminator(outputs["immunized"]))
+            terms["L_D_S"] = losses.discriminator_loss(
+                self.recovery_discriminator(outputs["reference"]),
+                self.recovery_discriminator(outputs["recovered"]))
+        return self._update_metrics(outputs, terms, stage, alpha, decoupled)
+
+    def _update_metrics(self, outputs, terms, stage, alpha, decoupled):
+        for name in LOSS_NAMES:
+            if name in terms:
+                self.trackers[name].update_state(terms[name])
+        images = outputs["image"]
+        self.trackers["psnr_immunized"].update_state(psnr(images, outputs["immunized"]))
+        self.trackers["psnr_recovered"].update_state(psnr(outputs["reference"],
+                                                          outputs["recovered"]))
+        local, has_area = masked_psnr(outputs["reference"], outputs["recovered"],
+                                      outputs["true_mask"])
+        self.trackers["l_psnr"].update_state(local, sample_weight=has_area)
+        logs = {name: tracker.result() for name, tracker in self.trackers.items()}
+        logs.update(stage=tf.cast(stage, tf.float32), alpha=alpha,
+                    decoupled=tf.cast(decoupled, tf.float32))
+        return logs
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            encoder=serialize(self.encoder),
+            verifier=serialize(self.verifier),
+            decoder=serialize(self.decoder),
+            container_discriminator=serialize(self.container_discriminator),
+            recovery_discriminator=serialize(self.recovery_discriminator),
+            attacks=self.attack_config,
+            use_verifier=self.use_verifier,
+            classification_weight=self.classification_weight,
+            adversarial_weight=self.adversarial_weight,
+            immunization_weight=self.immunization_weight,
+            container_adversarial_weight=self.container_adversarial_weight,
+            steps_per_epoch=self.steps_per_epoch,
+            stage_epochs=self.stage_epochs,
+            fade_fraction=self.fade_fraction,
+            decoupling_epochs=self.decoupling_epochs,
+            progressive_recovery=self.progressive_recovery,
+            task_decoupling=self.task_decoupling,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "verifier", "decoder", "container_discriminator",
+                    "recovery_discriminator"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
