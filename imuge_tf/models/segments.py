@@ -126,8 +126,8 @@ class MiddleSegment(keras.layers.Layer):
 class DecodingSegment(keras.layers.Layer):
     """Stride-2 transposed conv, then the skip features joined in, then a conv.
 
-    With a `tamper_mask`, the skip features inside the tampered area are replaced by the decoder's own
-    upsampled features before joining: local feature sharing, eq. 2 of the paper.
+    With a `tamper_mask`, the skip features inside the tampered area are replaced by the
+    decoder's own upsampled features before joining: local feature sharing, eq. 2 of the paper.
     """
 
     def __init__(self, filters, norm="group", **kwargs):

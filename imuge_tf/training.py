@@ -1,0 +1,285 @@
+"""The training loop: a work directory that resumes by itself, on any tf.distribute strategy.
+
+Work directory layout (documented in the README):
+
+    config.yaml          the resolved config of the run (a different config is refused)
+    checkpoints/         tf.train.Checkpoint of the model and both optimizers (last N)
+    logs/                TensorBoard scalars (train/) and image grids (images/)
+    inference/           encoder.keras, verifier.keras, decoder.keras, imuge.json:
+                         the inference networks, rewritten atomically after every epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from imuge_tf.config import Config, ConfigError, config_from_dict, differing_keys
+from imuge_tf.data import make_dataset
+from imuge_tf.models.factory import build_imuge, compile_imuge
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+# Fields that may change between runs in one work directory (train longer, log differently).
+RESUMABLE_KEYS = ("train.epochs", "train.keep_checkpoints", "train.checkpoint_every_steps",
+                  "train.image_log_every_epochs")
+INFERENCE_FORMAT_VERSION = 1
+PREVIEW_SAMPLES = 4
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or continue; the message says why and what to do."""
+
+
+def select_strategy(name: str) -> tf.distribute.Strategy:
+    """`default` (one device), `mirrored` (all local devices), `multiworker` (from TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise TrainingError("--strategy multiworker needs TF_CONFIG describing the cluster "
+                                "(see the README, 'Distributed training')")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingError(f"unknown strategy '{name}': expected one of {', '.join(STRATEGIES)}")
+
+
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
+    """(is this process the chief, its task id): only the chief writes shared outputs."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    is_chief = task_type == "chief" or (task_type == "worker" and task_id == 0
+                                        and "chief" not in resolver.cluster_spec().as_dict())
+    return is_chief, task_id
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes a file so that readers see the old or the new content, never half of it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".partial-")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def prepare_workdir(workdir: str, config: Config, write: bool = True) -> None:
+    """Creates the work directory, or checks that it belongs to this config."""
+    config_path = os.path.join(workdir, "config.yaml")
+    if os.path.exists(config_path):
+        import yaml
+
+        try:
+            with open(config_path, encoding="utf-8") as stream:
+                stored = config_from_dict(yaml.safe_load(stream))
+        except (ConfigError, yaml.YAMLError) as error:
+            raise TrainingError(f"{config_path} is not a valid config ({error}); "
+                                "use a new --workdir") from None
+        changed = differing_keys(stored, config, ignore=RESUMABLE_KEYS)
+        if changed:
+            raise TrainingError(
+                f"work directory {workdir} belongs to another config (differs in "
+                f"{', '.join(changed)}); use a new --workdir, or the config stored in "
+                f"{config_path}")
+    elif os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise TrainingError(f"--workdir {workdir} exists and is not a folder")
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        atomic_write_text(config_path, config.to_yaml())
+
+
+def save_inference_networks(model, config: Config, folder: str, step: int) -> None:
+    """Writes E, V and R as `.keras` files plus `imuge.json`, each file atomically."""
+    os.makedirs(folder, exist_ok=True)
+    for name in ("encoder", "verifier", "decoder"):
+        network = getattr(model, name)
+        partial = os.path.join(folder, f".partial-{name}.keras")
+        network.save(partial)
+        os.replace(partial, os.path.join(folder, f"{name}.keras"))
+    metadata = {
+        "format_version": INFERENCE_FORMAT_VERSION,
+        "config_name": config.name,
+        "image_size": config.model.image_size,
+        "step": int(step),
+        "networks": {"encoder": "encoder.keras", "verifier": "verifier.keras",
+                     "decoder": "decoder.keras"},
+        "config": config.to_dict(),
+    }
+    atomic_write_text(os.path.join(folder, "imuge.json"), json.dumps(metadata, indent=2))
+
+
+def image_grid(outputs: dict, samples: int = PREVIEW_SAMPLES) -> np.ndarray:
+    """One row per sample: original, immunized, residual x10, attacked, true mask, predicted
+    mask, recovered. Returns a [1, H, W, 3] float array for tf.summary.image."""
+    def rgb(x):
+        x = np.asarray(x)[:samples]
+        return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+    residual = 0.5 + 10.0 * (np.asarray(outputs["immunized"]) - np.asarray(outputs["image"]))
+    columns = [outputs["image"], outputs["immunized"], residual, outputs["attacked"],
+               outputs["true_mask"], outputs["predicted_mask"], outputs["recovered"]]
+    columns = [np.clip(rgb(column), 0.0, 1.0) for column in columns]
+    rows = [np.concatenate([column[i] for column in columns], axis=1)
+            for i in range(columns[0].shape[0])]
+    return np.concatenate(rows, axis=0)[None].astype(np.float32)
+
+
+class WorkdirCallback(keras.callbacks.Callback):
+    """Checkpoints (every epoch and every N steps), image grids and inference weights."""
+
+    def __init__(self, manager, config, workdir, preview_batch, is_chief, image_writer):
+        super().__init__()
+        self.manager = manager
+        self.config = config
+        self.workdir = workdir
+        self.preview_batch = preview_batch
+        self.is_chief = is_chief
+        self.image_writer = image_writer
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_batch_end(self, batch, logs=None):
+        every = self.config.train.checkpoint_every_steps
+        if every and self._step() % every == 0:
+            self.manager.save(checkpoint_number=self._step())
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self._step()
+        if self.manager.latest_checkpoint != self._checkpoint_path(step):
+            self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            return
+        save_inference_networks(self.model, self.config,
+                                os.path.join(self.workdir, "inference"), step)
+        every = self.config.train.image_log_every_epochs
+        if every and (epoch + 1) % every == 0 and self.image_writer is not None:
+            stage, alpha, decoupled = self.model.schedule()
+            outputs = self.model.forward(self.preview_batch, stage, alpha, decoupled)
+            with self.image_writer.as_default():
+                tf.summary.image("original|immunized|residual x10|attacked|true mask|"
+                                 "predicted mask|recovered", image_grid(outputs), step=step)
+            self.image_writer.flush()
+
+    def _checkpoint_path(self, step):
+        return os.path.join(self.manager.directory, f"ckpt-{step}")
+
+
+def train(config: Config, images, workdir: str, strategy_name: str = "default",
+          verbose: int | str = "auto", log=print) -> dict:
+    """Trains (or resumes) the run in `workdir`; returns a summary dict.
+
+    `images` is a folder of photos or a list of uint8 arrays.
+    """
+    strategy = select_strategy(strategy_name)
+    is_chief, task_id = worker_role(strategy)
+    prepare_workdir(workdir, config, write=is_chief)
+
+    train_config = config.train
+    # Loading first gives a clear data error before any model is built.
+    _, read_stats = make_dataset(images, **_dataset_arguments(config), seed=0, repeat=False)
+    if read_stats is not None and read_stats.skipped:
+        log(f"skipped {read_stats.skipped} unreadable file(s): "
+            f"{', '.join(read_stats.skipped_files[:5])}")
+
+    with strategy.scope():
+        model = compile_imuge(build_imuge(config), config)
+        checkpoint = tf.train.Checkpoint(
+            model=model, generator_optimizer=model.optimizer,
+            discriminator_optimizer=model.discriminator_optimizer)
+        # Non-chief workers must save too (collective variables), but to a private folder.
+        checkpoint_dir = os.path.join(workdir, "checkpoints") if is_chief else os.path.join(
+            workdir, f".worker-{task_id}-checkpoints")
+        manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                             max_to_keep=train_config.keep_checkpoints)
+        restore_path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+        if restore_path:
+            checkpoint.restore(restore_path).expect_partial()
+
+    start_step = int(model.optimizer.iterations.numpy())
+    total_steps = train_config.epochs * train_config.steps_per_epoch
+    if start_step:
+        log(f"resuming {workdir} from step {start_step} of {total_steps}")
+    log(f"training '{config.name}' on {_describe(read_stats, images)} with "
+        f"{strategy.num_replicas_in_sync} replica(s) ({strategy_name} strategy)")
+    if start_step >= total_steps:
+        log("nothing to do: the run is complete (raise train.epochs to train longer)")
+        return {"start_step": start_step, "step": start_step, "history": {}}
+
+    # A resumed run draws fresh attacks and crops instead of replaying the first steps.
+    seed = config.data.seed + 7919 * start_step
+
+    def dataset_fn(input_context):
+        dataset, _ = make_dataset(images, **_dataset_arguments(config), seed=seed,
+                                  input_context=input_context)
+        return dataset
+
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    preview_dataset, _ = make_dataset(images, **_dataset_arguments(config, batch_size=min(
+        PREVIEW_SAMPLES, train_config.batch_size)), seed=config.data.seed + 1, repeat=False)
+    preview_batch = next(iter(preview_dataset))
+
+    callbacks = []
+    image_writer = None
+    if is_chief:
+        logs_dir = os.path.join(workdir, "logs")
+        callbacks.append(keras.callbacks.TensorBoard(logs_dir, write_graph=False,
+                                                     update_freq="epoch"))
+        image_writer = tf.summary.create_file_writer(os.path.join(logs_dir, "images"))
+    callbacks.append(WorkdirCallback(manager, config, workdir, preview_batch, is_chief,
+                                     image_writer))
+
+    history = {}
+    steps_per_epoch = train_config.steps_per_epoch
+    epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
+    if done_in_epoch:
+        # Finish the interrupted epoch first, so epochs stay aligned with steps.
+        result = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1,
+                           steps_per_epoch=steps_per_epoch - done_in_epoch,
+                           callbacks=callbacks, verbose=verbose)
+        history.update(result.history)
+        epoch += 1
+    if epoch < train_config.epochs:
+        result = model.fit(dataset, initial_epoch=epoch, epochs=train_config.epochs,
+                           steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+                           verbose=verbose)
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(values)
+
+    if not is_chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    final_step = int(model.optimizer.iterations.numpy())
+    log(f"done at step {final_step}; inference networks in {os.path.join(workdir, 'inference')}")
+    return {"start_step": start_step, "step": final_step, "history": history, "model": model}
+
+
+def _dataset_arguments(config: Config, batch_size: int | None = None) -> dict:
+    data = config.data
+    return {
+        "image_size": config.model.image_size,
+        "batch_size": batch_size or config.train.batch_size,
+        "load_size": data.load_size or None,
+        "mask_area_range": data.mask_area_range,
+        "mask_largest_range": data.mask_largest_range,
+        "mask_max_regions": data.mask_max_regions,
+        "mask_shapes": data.mask_shapes,
+    }
+
+
+def _describe(read_stats, images) -> str:
+    if isinstance(images, str):
+        return f"{read_stats.loaded} photo(s) from {images}"
+    return f"{len(images)} bundled sample photo(s)"

@@ -1,0 +1,75 @@
+"""Configs: the shipped files load, bad keys and values are named in the error."""
+
+import pytest
+
+from imuge_tf.config import (
+    ConfigError,
+    config_from_dict,
+    differing_keys,
+    load_config,
+)
+
+
+def test_paper_config_is_the_papers_setting():
+    config = load_config("paper")
+    assert config.model.image_size == 256
+    assert config.train.batch_size == 8
+    assert config.train.learning_rate == pytest.approx(2e-4)
+    assert (config.loss.classification_weight, config.loss.adversarial_weight,
+            config.loss.immunization_weight, config.loss.container_adversarial_weight) == (
+        0.01, 0.005, 0.5, 0.5)
+    assert config.train.epochs == 200
+    assert config.train.stage_epochs == 20
+    assert config.train.decoupling_epochs == 100
+    for switch in ("verifier", "discriminators", "task_decoupling", "progressive_recovery",
+                   "local_feature_sharing"):
+        assert getattr(config.model, switch) is True
+
+
+@pytest.mark.parametrize("name", ["smoke", "demo", "paper"])
+def test_shipped_configs_round_trip_through_yaml(name):
+    import yaml
+
+    config = load_config(name)
+    again = config_from_dict(yaml.safe_load(config.to_yaml()))
+    assert again == config
+    assert differing_keys(config, again) == []
+
+
+def test_overrides_change_typed_fields():
+    config = load_config("smoke", ["train.epochs=7", "model.norm=batch",
+                                   "attacks.benign=[jpeg, noise]", "loss.adversarial_weight=0"])
+    assert config.train.epochs == 7
+    assert config.model.norm == "batch"
+    assert config.attacks.benign == ("jpeg", "noise")
+    assert config.loss.adversarial_weight == 0.0
+
+
+@pytest.mark.parametrize("override, named", [
+    ("model.colour=3", "model.colour"),
+    ("nonsense.key=1", "nonsense.key"),
+    ("model.norm=layer", "model.norm"),
+    ("train.epochs=1.5", "train.epochs"),
+    ("train.epochs=0", "train.epochs"),
+    ("model.image_size=100", "model.image_size"),
+    ("attacks.benign=[sharpen]", "attacks.benign"),
+    ("attacks.jpeg_quality_range=[90, 50]", "attacks.jpeg_quality_range"),
+    ("model.verifier=maybe", "model.verifier"),
+])
+def test_bad_keys_and_values_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config("smoke", [override])
+
+
+def test_unknown_top_level_key_and_missing_file():
+    with pytest.raises(ConfigError, match="modle"):
+        config_from_dict({"modle": {}})
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("no-such-config")
+
+
+def test_differing_keys_lists_changed_fields():
+    a = load_config("smoke")
+    b = load_config("smoke", ["train.epochs=9", "model.base_filters=8"])
+    assert differing_keys(a, b) == ["model.base_filters", "train.epochs"]
+    assert differing_keys(a, b, ignore=("train.epochs",)) == ["model.base_filters"]
