@@ -90,14 +90,16 @@ class AttackConfig:
     real_jpeg_probability: float = 0.0
 
     def validate(self) -> None:
-        _check(0.0 <= self.skip_probability <= 1.0, "attacks.skip_probability", "a number in [0, 1]")
+        _check(0.0 <= self.skip_probability <= 1.0, "attacks.skip_probability",
+               "a number in [0, 1]")
         _check(len(self.benign) > 0 and set(self.benign) <= set(BENIGN_ATTACKS),
                "attacks.benign", f"a non-empty list drawn from {list(BENIGN_ATTACKS)}")
         _check(len(self.tampers) > 0 and set(self.tampers) <= set(TAMPER_KINDS),
                "attacks.tampers", f"a non-empty list drawn from {list(TAMPER_KINDS)}")
         _check(0.0 <= self.noise_stddev <= 1.0, "attacks.noise_stddev", "a number in [0, 1]")
-        _check(all(k >= 1 and k % 2 == 1 for k in self.blur_kernel_sizes) and self.blur_kernel_sizes,
-               "attacks.blur_kernel_sizes", "a non-empty list of odd sizes")
+        odd_sizes = all(k >= 1 and k % 2 == 1 for k in self.blur_kernel_sizes)
+        _check(odd_sizes and len(self.blur_kernel_sizes) > 0, "attacks.blur_kernel_sizes",
+               "a non-empty list of odd sizes")
         _check_range(self.rescale_range, "attacks.rescale_range", 0.1, 4.0)
         _check_range(self.jpeg_quality_range, "attacks.jpeg_quality_range", 1, 100)
         _check_range(self.crop_keep_range, "attacks.crop_keep_range", 0.05, 1.0)
