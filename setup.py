@@ -20,6 +20,7 @@ setup(
         "pillow",
         "pyyaml",
         "tqdm",
+        "tensorboard",
         "scikit-image",
     ],
     extras_require={

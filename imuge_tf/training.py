@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from imuge_tf.config import Config, ConfigError, config_from_dict, differing_keys
-from imuge_tf.data import make_dataset
+from imuge_tf.data import find_images, load_images, make_dataset
 from imuge_tf.models.factory import build_imuge, compile_imuge
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -189,11 +189,14 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
     prepare_workdir(workdir, config, write=is_chief)
 
     train_config = config.train
-    # Loading first gives a clear data error before any model is built.
-    _, read_stats = make_dataset(images, **_dataset_arguments(config), seed=0, repeat=False)
-    if read_stats is not None and read_stats.skipped:
-        log(f"skipped {read_stats.skipped} unreadable file(s): "
-            f"{', '.join(read_stats.skipped_files[:5])}")
+    # Photos are decoded once, before any model is built, so a data error comes first.
+    source = images
+    if isinstance(images, (str, os.PathLike)):
+        images, read_stats = load_images(find_images(images), config.model.image_size,
+                                         config.data.load_size or None)
+        if read_stats.skipped:
+            log(f"skipped {read_stats.skipped} unreadable file(s): "
+                f"{', '.join(read_stats.skipped_files[:5])}")
 
     with strategy.scope():
         model = compile_imuge(build_imuge(config), config)
@@ -213,7 +216,7 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
     total_steps = train_config.epochs * train_config.steps_per_epoch
     if start_step:
         log(f"resuming {workdir} from step {start_step} of {total_steps}")
-    log(f"training '{config.name}' on {_describe(read_stats, images)} with "
+    log(f"training '{config.name}' on {_describe(source, images)} with "
         f"{strategy.num_replicas_in_sync} replica(s) ({strategy_name} strategy)")
     if start_step >= total_steps:
         log("nothing to do: the run is complete (raise train.epochs to train longer)")
@@ -249,13 +252,13 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
         # Finish the interrupted epoch first, so epochs stay aligned with steps.
         result = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1,
                            steps_per_epoch=steps_per_epoch - done_in_epoch,
-                           callbacks=callbacks, verbose=verbose)
+                           callbacks=callbacks, verbose=verbose, shuffle=False)
         history.update(result.history)
         epoch += 1
     if epoch < train_config.epochs:
         result = model.fit(dataset, initial_epoch=epoch, epochs=train_config.epochs,
                            steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                           verbose=verbose)
+                           verbose=verbose, shuffle=False)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
 
@@ -279,7 +282,7 @@ def _dataset_arguments(config: Config, batch_size: int | None = None) -> dict:
     }
 
 
-def _describe(read_stats, images) -> str:
-    if isinstance(images, str):
-        return f"{read_stats.loaded} photo(s) from {images}"
-    return f"{len(images)} bundled sample photo(s)"
+def _describe(source, images) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"{len(images)} photo(s) from {source}"
+    return f"{len(images)} photo(s)"

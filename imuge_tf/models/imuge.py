@@ -130,6 +130,14 @@ class ImugeModel(keras.Model):
         if self.use_discriminators:
             discriminator_optimizer.build(self.discriminator_variables)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 reduces one distributed batch over replicas to build compiled losses and
+        # metrics before `fit`; under MultiWorkerMirroredStrategy that collective reduce fails
+        # on a dict batch ("Attempt to convert a value ({'image': PerReplica..."). Nothing
+        # needs it here: the networks are built in __init__, both optimizers in compile(), and
+        # there are no compiled losses or metrics.
+        return
+
     def call(self, images, training=False):
         """The immunized image of `images` (inference path of the encoder)."""
         return self.immunize(images, training=training)
@@ -253,12 +261,28 @@ class ImugeModel(keras.Model):
         return {"L_D_C": container, "L_D_S": recovery}
 
     def train_step(self, batch):
+        batch = self._with_replica_seeds(batch)
         stage, alpha, decoupled = self.schedule()
         outputs, terms = self._generator_step(batch, stage, alpha, decoupled)
         if self.use_discriminators:
             terms.update(self._discriminator_step(outputs["image"], outputs["immunized"],
                                                   outputs["recovered"], outputs["reference"]))
         return self._update_metrics(outputs, terms, stage, alpha, decoupled)
+
+    @staticmethod
+    def _with_replica_seeds(batch):
+        """Folds the replica id into the per-sample attack seeds.
+
+        Samples already carry distinct seeds from the input pipeline; folding the replica id
+        in as well guarantees that replicas never draw the same attacks, even if two replicas
+        were ever fed the same elements (DESIGN.md, known pitfalls).
+        """
+        replica = tf.distribute.get_replica_context()
+        if replica is None:
+            return batch
+        replica_id = tf.cast(replica.replica_id_in_sync_group, tf.int32)
+        seeds = batch["seed"] + tf.stack([replica_id * 7919, replica_id * 104729])
+        return {**batch, "seed": seeds}
 
     def test_step(self, batch):
         stage, alpha, decoupled = self.schedule()
@@ -287,6 +311,10 @@ class ImugeModel(keras.Model):
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         logs.update(stage=tf.cast(stage, tf.float32), alpha=alpha,
                     decoupled=tf.cast(decoupled, tf.float32))
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 averages the logs over workers with strategy.reduce(..., axis=0),
+            # which fails on scalars: give each value a batch axis of one.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 
     def get_config(self):
