@@ -22,6 +22,7 @@ setup(
         "tqdm",
         "tensorboard",
         "scikit-image",
+        "scipy",
     ],
     extras_require={
         "test": ["pytest", "ruff"],

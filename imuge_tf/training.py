@@ -232,7 +232,7 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
 
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
     preview_dataset, _ = make_dataset(images, **_dataset_arguments(config, batch_size=min(
-        PREVIEW_SAMPLES, train_config.batch_size)), seed=config.data.seed + 1, repeat=False)
+        PREVIEW_SAMPLES, train_config.batch_size)), seed=config.data.seed + 1)
     preview_batch = next(iter(preview_dataset))
 
     callbacks = []
