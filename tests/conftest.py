@@ -7,19 +7,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
 
+from imuge_tf.samples import sample_photo
+
 # Colour photos bundled with scikit-image (no network needed).
-PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
+PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+               "hubble_deep_field")
 
 
 def load_photo(name: str) -> np.ndarray:
     """A bundled photo as an H x W x 3 uint8 array."""
-    image = getattr(skimage.data, name)()
-    if image.ndim == 2:
-        image = np.stack([image] * 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
+    return sample_photo(name)
 
 
 @pytest.fixture(scope="session")
