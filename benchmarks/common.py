@@ -1,0 +1,198 @@
+"""Helpers shared by the benchmark scripts in this folder.
+
+- `log`: a timestamped progress line on stderr (stdout stays for the results);
+- `Spread` / `spread`: the median of repeated measurements and how far they scatter;
+- `machine_facts`, `command_line`, `utc_now`: what a result needs to be reproducible;
+- `markdown_table`: a small GitHub-flavoured table;
+- `update_section`: rewrites one script's section of BENCHMARKS.md, between
+  `<!-- NAME:start -->` and `<!-- NAME:end -->`, keeping every other section as it is.
+
+Importing this module also quietens TensorFlow's C++ info and warning logs
+(TF_CPP_MIN_LOG_LEVEL=2) unless the caller has set that variable: import it before TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS_FILE = os.path.join(REPO_ROOT, "BENCHMARKS.md")
+BENCHMARKS_TITLE = "# Benchmarks"
+
+
+def log(message: str) -> None:
+    """One progress line on stderr, e.g. `[12:03:04] timing stage 4`."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """Repeated measurements of one quantity: the median and the range around it."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @property
+    def relative(self) -> float:
+        """(max - min) / median: 0.1 means the repeats scatter over 10 % of the median."""
+        return (self.high - self.low) / self.median if self.median else float("nan")
+
+    def describe(self, digits: int = 2, unit: str = "") -> str:
+        """E.g. '3.05 img/s (3 runs 2.91-3.12, spread 7 %)'."""
+        unit = f" {unit}" if unit else ""
+        if self.count == 1:
+            return f"{self.median:.{digits}f}{unit} (1 run)"
+        return (f"{self.median:.{digits}f}{unit} ({self.count} runs {self.low:.{digits}f}-"
+                f"{self.high:.{digits}f}, spread {100 * self.relative:.0f} %)")
+
+
+def spread(values) -> Spread:
+    """The Spread of a non-empty sequence of numbers."""
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("spread() needs at least one value")
+    return Spread(statistics.median(values), min(values), max(values), len(values))
+
+
+def cpu_model() -> str:
+    """The processor's marketing name ('model name' in /proc/cpuinfo), or the best guess."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith("model name") and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages as text, or 'n/a'."""
+    with contextlib.suppress(AttributeError, OSError):
+        return " / ".join(f"{value:.2f}" for value in os.getloadavg())
+    return "n/a"
+
+
+def machine_facts() -> dict:
+    """CPU, OS and library versions, as short strings (TensorFlow and Keras if importable)."""
+    facts = {
+        "cpus": f"{usable_cpus()} usable of {os.cpu_count()}",
+        "cpu": cpu_model(),
+        "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "python": platform.python_version(),
+    }
+    for module in ("tensorflow", "keras"):
+        with contextlib.suppress(ImportError):
+            facts[module] = __import__(module).__version__
+    return facts
+
+
+def utc_now() -> str:
+    """The current time, e.g. '2026-11-26 13:05 UTC'."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def command_line(argv=None) -> str:
+    """The command that ran this script, as typed from the repository root."""
+    argv = list(sys.argv if argv is None else argv)
+    script = os.path.abspath(argv[0]) if argv else ""
+    if script.startswith(REPO_ROOT + os.sep):
+        script = os.path.relpath(script, REPO_ROOT)
+    return shlex.join(["python", script, *argv[1:]])
+
+
+def markdown_table(headers, rows) -> str:
+    """A GitHub-flavoured markdown table; cells are converted with str()."""
+    lines = ["| " + " | ".join(str(h) for h in headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """`text` with the section `name` set to `body` (appended at the end if absent)."""
+    start, end = _markers(name)
+    block = f"{start}\n{body.strip()}\n{end}"
+    begin = text.find(start)
+    if begin >= 0:
+        finish = text.find(end, begin)
+        if finish < 0:
+            raise ValueError(f"BENCHMARKS.md has '{start}' without '{end}'; fix it by hand")
+        return text[:begin] + block + text[finish + len(end):]
+    if not text.strip():
+        text = BENCHMARKS_TITLE + "\n"
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    """An advisory lock, so two benchmark scripts finishing together do not lose an update."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    key = hashlib.sha1(os.path.abspath(path).encode("utf-8")).hexdigest()[:12]
+    lock_path = os.path.join(tempfile.gettempdir(), f"imuge_tf-benchmarks-{key}.lock")
+    with open(lock_path, "w", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_section(name: str, body: str, path: str = BENCHMARKS_FILE) -> str:
+    """Writes `body` as the section `name` of BENCHMARKS.md, atomically; returns the path.
+
+    The file is created with a '# Benchmarks' title if missing. Other sections and any text
+    around them are kept byte for byte. The new file is written next to the old one and moved
+    over it with os.replace, so a reader never sees a half-written file.
+    """
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    with _file_lock(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+            mode = os.stat(path).st_mode & 0o777
+        except FileNotFoundError:
+            text, mode = "", 0o644
+        updated = replace_section(text, name, body)
+        descriptor, temporary = tempfile.mkstemp(prefix=".BENCHMARKS.", suffix=".tmp",
+                                                 dir=folder)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(updated)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, mode)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    return path
