@@ -203,6 +203,19 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     metadata = json.loads((workdir / "inference" / "imuge.json").read_text())
     assert metadata["step"] == total_epochs * 2
     assert metadata["image_size"] == 32
+    # The resolved config, TensorBoard scalars and image grids are in the work directory.
+    assert load_config("smoke", [f"train.epochs={total_epochs}"]).to_yaml() == (
+        workdir / "config.yaml").read_text()
+    assert any(name.startswith("events") for name in os.listdir(workdir / "logs" / "train"))
+    assert any(name.startswith("events") for name in os.listdir(workdir / "logs" / "images"))
+    # The inference networks load on their own and run.
+    import keras
+
+    import imuge_tf.models.unet  # noqa: F401  (registers the layer classes)
+
+    encoder = keras.saving.load_model(str(workdir / "inference" / "encoder.keras"))
+    residual = encoder(np.zeros((1, 32, 32, 3), np.float32))
+    assert residual.shape == (1, 32, 32, 3)
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):
