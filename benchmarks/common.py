@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -196,3 +197,25 @@ def update_section(name: str, body: str, path: str = BENCHMARKS_FILE) -> str:
                 os.unlink(temporary)
             raise
     return path
+
+
+def final_stage_step(config) -> int:
+    """The first step of the final stage with fading done and task decoupling lifted."""
+    from imuge_tf.models.unet import LEVELS
+
+    train = config.train
+    per_epoch = train.steps_per_epoch
+    step = 0
+    if config.model.progressive_recovery and train.stage_epochs > 0:
+        stage_start = (LEVELS - 1) * train.stage_epochs * per_epoch
+        step = stage_start + math.ceil(train.fade_fraction * train.stage_epochs * per_epoch)
+    if config.model.task_decoupling:
+        step = max(step, train.decoupling_epochs * per_epoch)
+    return min(step, train.epochs * per_epoch - 1)
+
+
+def describe_schedule(model, step: int) -> str:
+    """The training schedule at `step`, e.g. 'step 0: stage 1, alpha 1.00, decoupled'."""
+    stage, alpha, decoupled = (v.numpy() for v in model.schedule(step))
+    return (f"step {step}: stage {int(stage)}, alpha {float(alpha):.2f}, "
+            f"{'decoupled' if bool(decoupled) else 'coupled'}")

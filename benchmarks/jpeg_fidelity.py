@@ -37,7 +37,6 @@ load average before and after is recorded, and medians are reported.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -159,26 +158,8 @@ def attack_forward_backward(pipeline: AttackPipeline, shape):
     return step
 
 
-def final_stage_step(config) -> int:
-    """The first step of the final stage with fading done and task decoupling lifted
-    (as in train_throughput.py)."""
-    from imuge_tf.models.unet import LEVELS
-
-    train = config.train
-    per_epoch = train.steps_per_epoch
-    step = 0
-    if config.model.progressive_recovery and train.stage_epochs > 0:
-        stage_start = (LEVELS - 1) * train.stage_epochs * per_epoch
-        step = stage_start + math.ceil(train.fade_fraction * train.stage_epochs * per_epoch)
-    if config.model.task_decoupling:
-        step = max(step, train.decoupling_epochs * per_epoch)
-    return min(step, train.epochs * per_epoch - 1)
 
 
-def describe_schedule(model, step: int) -> str:
-    stage, alpha, decoupled = (v.numpy() for v in model.schedule(step))
-    return (f"step {step}: stage {int(stage)}, alpha {float(alpha):.2f}, "
-            f"{'decoupled' if bool(decoupled) else 'coupled'}")
 
 
 def _time_calls(function, batches, start: int, count: int) -> list:
@@ -210,9 +191,10 @@ def attack_cost(config, batches, args, label: str) -> dict:
 
     step_function = lambda batch: train_step(batch)["L_G"]  # noqa: E731
     phases = []
-    for phase, at_step in (("stage 1 (start)", 0), ("final stage", final_stage_step(config))):
+    final_step = common.final_stage_step(config)
+    for phase, at_step in (("stage 1 (start)", 0), ("final stage", final_step)):
         model.optimizer.iterations.assign(at_step)
-        schedule = describe_schedule(model, at_step)
+        schedule = common.describe_schedule(model, at_step)
         if at_step:  # the first call in a new stage runs its branch for the first time
             _time_calls(step_function, batches, 0, 1)
         attack_seconds, step_seconds = [], []

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import math
 import os
 import re
 import shutil
@@ -484,23 +483,8 @@ def profile_step(step, iterator, model) -> dict | None:
 # --------------------------------------------------------------------------------------------
 
 
-def final_stage_step(config) -> int:
-    """The first step of the final stage with fading done and task decoupling lifted."""
-    train = config.train
-    per_epoch = train.steps_per_epoch
-    step = 0
-    if config.model.progressive_recovery and train.stage_epochs > 0:
-        stage_start = (LEVELS - 1) * train.stage_epochs * per_epoch
-        step = stage_start + math.ceil(train.fade_fraction * train.stage_epochs * per_epoch)
-    if config.model.task_decoupling:
-        step = max(step, train.decoupling_epochs * per_epoch)
-    return min(step, train.epochs * per_epoch - 1)
 
 
-def describe_schedule(model, step: int) -> str:
-    stage, alpha, decoupled = (v.numpy() for v in model.schedule(step))
-    return (f"step {step}: stage {int(stage)}, alpha {float(alpha):.2f}, "
-            f"{'decoupled' if bool(decoupled) else 'coupled'}")
 
 
 def parse_args(argv=None):
@@ -572,7 +556,7 @@ def run(args) -> dict:
 
     common.log("counting FLOPs")
     stages = []
-    final_step = final_stage_step(config)
+    final_step = common.final_stage_step(config)
     first_stage = int(model.schedule(0)[0].numpy())
     if first_stage != LEVELS:
         stages.append((f"stage {first_stage} (start)", 0, first_stage))
@@ -588,7 +572,7 @@ def run(args) -> dict:
     timings = {}
     for label, at_step, _ in stages:
         model.optimizer.iterations.assign(at_step)
-        schedule = describe_schedule(model, at_step)
+        schedule = common.describe_schedule(model, at_step)
         common.log(f"warming up {label} ({schedule})")
         start = time.perf_counter()
         for index in range(args.warmup):
