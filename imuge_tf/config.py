@@ -22,8 +22,11 @@ import yaml
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 NORMS = ("group", "batch", "instance", "none")
-BENIGN_ATTACKS = ("identity", "noise", "blur", "rescale", "jpeg", "crop")
-TAMPER_KINDS = ("donor", "colour", "clone")
+# Attack names a config may use. The defaults are the paper's (section 3.2); the rest are opt-in.
+PAPER_BENIGN_ATTACKS = ("identity", "noise", "blur", "rescale", "jpeg", "crop")
+BENIGN_ATTACKS = PAPER_BENIGN_ATTACKS + ("median", "colour", "resize", "resize_jpeg", "blur_jpeg")
+PAPER_TAMPER_KINDS = ("donor", "colour", "clone")
+TAMPER_KINDS = PAPER_TAMPER_KINDS + ("copy_move", "splice", "removal")
 MASK_SHAPES = ("rectangle", "ellipse", "polygon")
 
 
@@ -79,8 +82,8 @@ class AttackConfig:
     """The attack layer A: one tamper, then one benign attack per sample (paper section 3.2)."""
 
     skip_probability: float = 0.1
-    benign: tuple[str, ...] = BENIGN_ATTACKS
-    tampers: tuple[str, ...] = TAMPER_KINDS
+    benign: tuple[str, ...] = PAPER_BENIGN_ATTACKS
+    tampers: tuple[str, ...] = PAPER_TAMPER_KINDS
     noise_stddev: float = 0.05
     blur_kernel_sizes: tuple[int, ...] = (3, 5)
     rescale_range: tuple[float, float] = (0.5, 2.0)

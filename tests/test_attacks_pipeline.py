@@ -162,9 +162,11 @@ def test_benign_attack_range_effect_and_gradient(batch, name):
     # Same seeds, same result.
     again, _ = attack(images, batch["masks"], batch["seeds"])
     np.testing.assert_array_equal(again.numpy(), attacked)
-    _assert_useful_gradient(
-        _gradient(lambda x: attack(x, batch["masks"], batch["seeds"])[0], images)
-    )
+    gradient = _gradient(lambda x: attack(x, batch["masks"], batch["seeds"])[0], images)
+    if name == "colour":
+        # Brightened, a white image stays white whatever the input: no gradient is the truth.
+        gradient = gradient[:-1]
+    _assert_useful_gradient(gradient)
 
 
 def test_noise_sigma_is_per_sample_and_bounded():

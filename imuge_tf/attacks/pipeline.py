@@ -8,7 +8,12 @@ Every enabled attack runs on the whole batch and each sample picks its own resul
 
 import tensorflow as tf
 
-from imuge_tf.attacks.benign import BENIGN_ATTACKS, split_seeds, uniform_per_sample
+from imuge_tf.attacks.benign import (
+    BENIGN_ATTACKS,
+    RESIZE_METHODS,
+    split_seeds,
+    uniform_per_sample,
+)
 from imuge_tf.attacks.tamper import TAMPERS
 
 __all__ = ["AttackPipeline"]
@@ -42,8 +47,11 @@ class AttackPipeline:
     Args:
         skip_probability: chance that a sample passes untouched (target mask all zeros).
         benign_attacks: names from `imuge_tf.attacks.benign.BENIGN_ATTACKS`, picked uniformly.
-        tamper_kinds: names from `imuge_tf.attacks.tamper.TAMPERS` ("donor", "colour",
-            "clone"), picked uniformly.
+            The default is the paper's set; "median", "colour", "resize", "resize_jpeg" and
+            "blur_jpeg" are opt-in.
+        tamper_kinds: names from `imuge_tf.attacks.tamper.TAMPERS`, picked uniformly. The
+            default is the paper's ("donor", "colour", "clone"); "copy_move", "splice" and
+            "removal" are opt-in.
         noise_stddev: AWGN sigma is uniform in [0, noise_stddev] per sample.
         blur_kernel_sizes: Gaussian blur kernel sizes to pick from.
         rescale_range: (min, max) resize factor.
@@ -52,6 +60,18 @@ class AttackPipeline:
         clone_shift_range: (min, max) clone-stamp shift as a fraction of height and width.
         real_jpeg_probability: chance that a JPEG-attacked sample uses the real codec
             (straight-through) instead of the simulation.
+        median_kernel_sizes: median filter window sizes to pick from ("median").
+        brightness_range: (min, max) additive brightness change ("colour").
+        contrast_range: (min, max) contrast factor ("colour").
+        saturation_range: (min, max) saturation factor ("colour").
+        resize_range: (min, max) resize factor of "resize" and "resize_jpeg".
+        resize_methods: interpolations to pick from ("bilinear", "bicubic", "nearest",
+            "area") for "resize" and "resize_jpeg".
+        copy_move_shift_range: (min, max) copy-move shift as a fraction of height and width.
+        copy_move_flip_probability: chance that copy-moved content is mirrored left-right.
+
+    The combinations reuse their parts' settings: "resize_jpeg" the resize and JPEG ones,
+    "blur_jpeg" `blur_kernel_sizes` and the JPEG ones.
     """
 
     def __init__(
@@ -66,6 +86,14 @@ class AttackPipeline:
         crop_keep_range=(0.5, 0.9),
         clone_shift_range=(0.1, 0.4),
         real_jpeg_probability=0.0,
+        median_kernel_sizes=(3, 5),
+        brightness_range=(-0.1, 0.1),
+        contrast_range=(0.7, 1.3),
+        saturation_range=(0.7, 1.3),
+        resize_range=(0.5, 2.0),
+        resize_methods=RESIZE_METHODS,
+        copy_move_shift_range=(0.3, 0.7),
+        copy_move_flip_probability=0.5,
     ):
         if not 0.0 <= skip_probability <= 1.0:
             raise ValueError(f"skip_probability must be in [0, 1], got {skip_probability!r}")
@@ -79,6 +107,19 @@ class AttackPipeline:
         self.crop_keep_range = tuple(float(value) for value in crop_keep_range)
         self.clone_shift_range = tuple(float(value) for value in clone_shift_range)
         self.real_jpeg_probability = float(real_jpeg_probability)
+        self.median_kernel_sizes = tuple(int(size) for size in median_kernel_sizes)
+        self.brightness_range = tuple(float(value) for value in brightness_range)
+        self.contrast_range = tuple(float(value) for value in contrast_range)
+        self.saturation_range = tuple(float(value) for value in saturation_range)
+        self.resize_range = tuple(float(value) for value in resize_range)
+        self.resize_methods = tuple(str(method) for method in resize_methods)
+        self.copy_move_shift_range = tuple(float(value) for value in copy_move_shift_range)
+        self.copy_move_flip_probability = float(copy_move_flip_probability)
+        jpeg = {
+            "jpeg_quality_range": self.jpeg_quality_range,
+            "real_jpeg_probability": self.real_jpeg_probability,
+        }
+        resize = {"resize_range": self.resize_range, "resize_methods": self.resize_methods}
         self._benign_params = {
             "identity": {},
             "noise": {"noise_stddev": self.noise_stddev},
@@ -89,11 +130,26 @@ class AttackPipeline:
                 "real_jpeg_probability": self.real_jpeg_probability,
             },
             "crop": {"crop_keep_range": self.crop_keep_range},
+            "median": {"median_kernel_sizes": self.median_kernel_sizes},
+            "colour": {
+                "brightness_range": self.brightness_range,
+                "contrast_range": self.contrast_range,
+                "saturation_range": self.saturation_range,
+            },
+            "resize": resize,
+            "resize_jpeg": {**resize, **jpeg},
+            "blur_jpeg": {"blur_kernel_sizes": self.blur_kernel_sizes, **jpeg},
         }
         self._tamper_params = {
             "donor": {},
             "colour": {},
             "clone": {"shift_range": self.clone_shift_range},
+            "copy_move": {
+                "shift_range": self.copy_move_shift_range,
+                "flip_probability": self.copy_move_flip_probability,
+            },
+            "splice": {},
+            "removal": {},
         }
         self._validate_params()
 
@@ -121,6 +177,14 @@ class AttackPipeline:
             "crop_keep_range": list(self.crop_keep_range),
             "clone_shift_range": list(self.clone_shift_range),
             "real_jpeg_probability": self.real_jpeg_probability,
+            "median_kernel_sizes": list(self.median_kernel_sizes),
+            "brightness_range": list(self.brightness_range),
+            "contrast_range": list(self.contrast_range),
+            "saturation_range": list(self.saturation_range),
+            "resize_range": list(self.resize_range),
+            "resize_methods": list(self.resize_methods),
+            "copy_move_shift_range": list(self.copy_move_shift_range),
+            "copy_move_flip_probability": self.copy_move_flip_probability,
         }
 
     @classmethod
