@@ -27,6 +27,7 @@ PAPER_BENIGN_ATTACKS = ("identity", "noise", "blur", "rescale", "jpeg", "crop")
 BENIGN_ATTACKS = PAPER_BENIGN_ATTACKS + ("median", "colour", "resize", "resize_jpeg", "blur_jpeg")
 PAPER_TAMPER_KINDS = ("donor", "colour", "clone")
 TAMPER_KINDS = PAPER_TAMPER_KINDS + ("copy_move", "splice", "removal")
+RESIZE_METHODS = ("bilinear", "bicubic", "nearest", "area")
 MASK_SHAPES = ("rectangle", "ellipse", "polygon")
 
 
@@ -91,6 +92,15 @@ class AttackConfig:
     crop_keep_range: tuple[float, float] = (0.5, 0.9)
     clone_shift_range: tuple[float, float] = (0.1, 0.4)
     real_jpeg_probability: float = 0.0
+    # Ranges of the opt-in attacks (used only when named in `benign` / `tampers`).
+    median_kernel_sizes: tuple[int, ...] = (3, 5)
+    brightness_range: tuple[float, float] = (-0.1, 0.1)
+    contrast_range: tuple[float, float] = (0.7, 1.3)
+    saturation_range: tuple[float, float] = (0.7, 1.3)
+    resize_range: tuple[float, float] = (0.5, 2.0)
+    resize_methods: tuple[str, ...] = RESIZE_METHODS
+    copy_move_shift_range: tuple[float, float] = (0.3, 0.7)
+    copy_move_flip_probability: float = 0.5
 
     def validate(self) -> None:
         _check(0.0 <= self.skip_probability <= 1.0, "attacks.skip_probability",
@@ -109,6 +119,18 @@ class AttackConfig:
         _check_range(self.clone_shift_range, "attacks.clone_shift_range", 0.01, 0.99)
         _check(0.0 <= self.real_jpeg_probability <= 1.0, "attacks.real_jpeg_probability",
                "a number in [0, 1]")
+        odd_sizes = all(k >= 3 and k % 2 == 1 for k in self.median_kernel_sizes)
+        _check(odd_sizes and len(self.median_kernel_sizes) > 0, "attacks.median_kernel_sizes",
+               "a non-empty list of odd sizes >= 3")
+        _check_range(self.brightness_range, "attacks.brightness_range", -1.0, 1.0)
+        _check_range(self.contrast_range, "attacks.contrast_range", 0.0, 10.0)
+        _check_range(self.saturation_range, "attacks.saturation_range", 0.0, 10.0)
+        _check_range(self.resize_range, "attacks.resize_range", 0.1, 4.0)
+        _check(len(self.resize_methods) > 0 and set(self.resize_methods) <= set(RESIZE_METHODS),
+               "attacks.resize_methods", f"a non-empty list drawn from {list(RESIZE_METHODS)}")
+        _check_range(self.copy_move_shift_range, "attacks.copy_move_shift_range", 0.01, 0.99)
+        _check(0.0 <= self.copy_move_flip_probability <= 1.0,
+               "attacks.copy_move_flip_probability", "a number in [0, 1]")
 
 
 @dataclass(frozen=True)

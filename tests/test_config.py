@@ -73,3 +73,26 @@ def test_differing_keys_lists_changed_fields():
     b = load_config("smoke", ["train.epochs=9", "model.base_filters=8"])
     assert differing_keys(a, b) == ["model.base_filters", "train.epochs"]
     assert differing_keys(a, b, ignore=("train.epochs",)) == ["model.base_filters"]
+
+
+def test_attack_names_match_the_attack_layer():
+    # config.py names the attacks without importing TensorFlow; the lists must agree.
+    from imuge_tf.attacks import benign, pipeline
+    from imuge_tf.config import BENIGN_ATTACKS, RESIZE_METHODS, TAMPER_KINDS
+
+    assert set(BENIGN_ATTACKS) == set(pipeline.BENIGN_ATTACKS)
+    assert set(TAMPER_KINDS) == set(pipeline.TAMPERS)
+    assert RESIZE_METHODS == benign.RESIZE_METHODS
+
+
+def test_every_attack_field_reaches_the_attack_layer():
+    from imuge_tf.attacks.pipeline import AttackPipeline
+    from imuge_tf.models.factory import attack_arguments
+
+    config = load_config("smoke", ["attacks.benign=[median, resize]", "attacks.tampers=[removal]",
+                                   "attacks.resize_methods=[nearest, area]",
+                                   "attacks.copy_move_flip_probability=0.25"])
+    pipeline_config = AttackPipeline(**attack_arguments(config)).get_config()
+    assert pipeline_config["resize_methods"] in (["nearest", "area"], ("nearest", "area"))
+    assert pipeline_config["copy_move_flip_probability"] == 0.25
+    assert list(pipeline_config["benign_attacks"]) == ["median", "resize"]
