@@ -10,7 +10,7 @@ Measures, prints, and writes into its section of BENCHMARKS.md:
    whole real photos (the bundled scikit-image photos, or every image in `--data DIR`), per QF
    the median and the minimum over the photos, of
    - `simulate_jpeg` (the differentiable model used in training),
-   - `straight_through_jpeg` (its forward pass is TF's codec, `tf.image.adjust_jpeg_quality`),
+   - `straight_through_jpeg` (its forward pass is `real_jpeg`: TF's encoder, accurate IDCT),
    - TF's codec itself on the uint8 photo (`tf.image.adjust_jpeg_quality`), for reference,
    - TF's encoder decoded with `tf.io.decode_jpeg(..., dct_method="INTEGER_ACCURATE")`
      (libjpeg's accurate IDCT, which Pillow uses; TF's default is the fast one),
@@ -388,9 +388,10 @@ def report_markdown(results) -> str:
         "",
         "PSNR against Pillow's libjpeg (`decode(encode(x, quality=q))`, 4:2:0, Pillow's "
         "default decoder) on whole photos, median / min over the photos, in dB. "
-        "`straight_through_jpeg`'s forward pass is TF's codec (`tf.image.adjust_jpeg_quality`, "
-        "which decodes with `tf.io.decode_jpeg`'s default fast IDCT); \"TF, accurate IDCT\" "
-        "is TF's encoder decoded with `dct_method=\"INTEGER_ACCURATE\"`; \"input\" is the "
+        "`straight_through_jpeg`'s forward pass is `real_jpeg` (TF's encoder, decoded with "
+        "the accurate IDCT); `tf.image.adjust_jpeg_quality` decodes with the fast IDCT; "
+        "\"TF, accurate IDCT\" is TF's encoder decoded with "
+        "`dct_method=\"INTEGER_ACCURATE\"`; \"input\" is the "
         "JPEG error itself, for scale. "
         f"Aim: `simulate_jpeg` >= {FIDELITY_AIM_DB:.0f} dB on every photo at QF "
         f">= {FIDELITY_AIM_FROM_QF}.",
