@@ -220,7 +220,7 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
         f"{strategy.num_replicas_in_sync} replica(s) ({strategy_name} strategy)")
     if start_step >= total_steps:
         log("nothing to do: the run is complete (raise train.epochs to train longer)")
-        return {"start_step": start_step, "step": start_step, "history": {}}
+        return {"start_step": start_step, "step": start_step, "history": {}, "model": model}
 
     # A resumed run draws fresh attacks and crops instead of replaying the first steps.
     seed = config.data.seed + 7919 * start_step
