@@ -13,7 +13,7 @@ import tensorflow as tf
 from imuge_tf import losses
 from imuge_tf.attacks.pipeline import AttackPipeline
 from imuge_tf.metrics import masked_psnr, psnr
-from imuge_tf.models.unet import LEVELS
+from imuge_tf.models.unet import LEVELS, pool_to_level, upsample
 
 LOSS_NAMES = ("L_G", "L_R", "L_C", "L_cls", "L_DR", "L_DC", "L_D_C", "L_D_S")
 QUALITY_NAMES = ("psnr_immunized", "psnr_recovered", "l_psnr")
@@ -199,12 +199,8 @@ class ImugeModel(keras.Model):
             def run():
                 recovered = self.decoder.progressive_call(rectified, mask, stage=stage_number,
                                                           alpha=alpha, training=training)
-                factor = 2 ** (LEVELS - stage_number)
-                reference = images
-                if factor > 1:
-                    size = tf.shape(images)[1:3]
-                    reference = tf.nn.avg_pool2d(images, factor, factor, "VALID")
-                    reference = tf.image.resize(reference, size, method="bilinear")
+                level = LEVELS - stage_number
+                reference = upsample(pool_to_level(images, level), 2**level)
                 return recovered, reference
             return run
 
@@ -246,27 +242,34 @@ class ImugeModel(keras.Model):
         self.optimizer.apply_gradients(zip(gradients, variables))
         return outputs, terms
 
-    def _discriminator_step(self, images, immunized, recovered, reference):
+    def _discriminator_losses(self, outputs, training):
+        """Eq. 9 for D_C (originals vs immunized) and D_S (originals vs recovered)."""
+        container = losses.discriminator_loss(
+            self.container_discriminator(outputs["image"], training=training),
+            self.container_discriminator(tf.stop_gradient(outputs["immunized"]),
+                                         training=training))
+        recovery = losses.discriminator_loss(
+            self.recovery_discriminator(outputs["reference"], training=training),
+            self.recovery_discriminator(tf.stop_gradient(outputs["recovered"]),
+                                        training=training))
+        return {"L_D_C": container, "L_D_S": recovery}
+
+    def _discriminator_step(self, outputs):
         variables = self.discriminator_variables
         with tf.GradientTape() as tape:
-            container = losses.discriminator_loss(
-                self.container_discriminator(images, training=True),
-                self.container_discriminator(tf.stop_gradient(immunized), training=True))
-            recovery = losses.discriminator_loss(
-                self.recovery_discriminator(reference, training=True),
-                self.recovery_discriminator(tf.stop_gradient(recovered), training=True))
-            scaled = (container + recovery) / tf.distribute.get_strategy().num_replicas_in_sync
+            terms = self._discriminator_losses(outputs, training=True)
+            scaled = (terms["L_D_C"] + terms["L_D_S"]) / (
+                tf.distribute.get_strategy().num_replicas_in_sync)
         gradients = tape.gradient(scaled, variables)
         self.discriminator_optimizer.apply_gradients(zip(gradients, variables))
-        return {"L_D_C": container, "L_D_S": recovery}
+        return terms
 
     def train_step(self, batch):
         batch = self._with_replica_seeds(batch)
         stage, alpha, decoupled = self.schedule()
         outputs, terms = self._generator_step(batch, stage, alpha, decoupled)
         if self.use_discriminators:
-            terms.update(self._discriminator_step(outputs["image"], outputs["immunized"],
-                                                  outputs["recovered"], outputs["reference"]))
+            terms.update(self._discriminator_step(outputs))
         return self._update_metrics(outputs, terms, stage, alpha, decoupled)
 
     @staticmethod
@@ -289,12 +292,7 @@ class ImugeModel(keras.Model):
         outputs = self.forward(batch, stage, alpha, decoupled, training=False)
         terms = self._generator_losses(outputs, decoupled)
         if self.use_discriminators:
-            terms["L_D_C"] = losses.discriminator_loss(
-                self.container_discriminator(outputs["image"]),
-                self.container_discriminator(outputs["immunized"]))
-            terms["L_D_S"] = losses.discriminator_loss(
-                self.recovery_discriminator(outputs["reference"]),
-                self.recovery_discriminator(outputs["recovered"]))
+            terms.update(self._discriminator_losses(outputs, training=False))
         return self._update_metrics(outputs, terms, stage, alpha, decoupled)
 
     def _update_metrics(self, outputs, terms, stage, alpha, decoupled):

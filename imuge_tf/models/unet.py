@@ -27,7 +27,7 @@ OUTPUT_ACTIVATIONS = ("tanh", "sigmoid", "linear")
 SHARING_LEVELS = (0, 1)
 
 
-def _pool(x, level):
+def pool_to_level(x, level):
     """Average-pools `x` down to `level` (a factor of 2^level)."""
     if level == 0:
         return x
@@ -35,7 +35,8 @@ def _pool(x, level):
     return keras.ops.average_pool(x, factor, strides=factor, padding="valid")
 
 
-def _upsample(x, factor):
+def upsample(x, factor):
+    """Bilinear upsampling of `x` by an integer factor."""
     if factor == 1:
         return x
     height, width = keras.ops.shape(x)[1], keras.ops.shape(x)[2]
@@ -139,7 +140,7 @@ class UNet(keras.Model):
         output = _forward(self._unet_layers, image, mask, top=top,
                           alpha=alpha if stage > 1 else None,
                           share_features=self.local_feature_sharing, training=training)
-        return _upsample(output, 2**top)
+        return upsample(output, 2**top)
 
     def get_config(self):
         return {
@@ -170,9 +171,9 @@ def _forward(layers, image, mask, top, alpha, share_features, training=None):
     from_image, to_image, encoders, middle, decoders = layers
 
     def stem_input(level):
-        x = _pool(image, level) * 2.0 - 1.0  # the networks see images in [-1, 1]
+        x = pool_to_level(image, level) * 2.0 - 1.0  # the networks see images in [-1, 1]
         if mask is not None:
-            x = keras.ops.concatenate([x, _pool(mask, level)], axis=-1)
+            x = keras.ops.concatenate([x, pool_to_level(mask, level)], axis=-1)
         return x
 
     fading = alpha is not None
@@ -191,12 +192,12 @@ def _forward(layers, image, mask, top, alpha, share_features, training=None):
     for level in range(LEVELS, top, -1):
         shared_mask = None
         if share_features and (level - 1) in SHARING_LEVELS:
-            shared_mask = _pool(mask, level - 1)
+            shared_mask = pool_to_level(mask, level - 1)
         x = decoders[level](x, features[level - 1], tamper_mask=shared_mask, training=training)
         decoded[level - 1] = x
 
     output = to_image[top](x)
     if fading:
-        previous = _upsample(to_image[top + 1](decoded[top + 1]), 2)
+        previous = upsample(to_image[top + 1](decoded[top + 1]), 2)
         output = alpha * output + (1.0 - alpha) * previous
     return output
