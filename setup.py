@@ -23,6 +23,8 @@ setup(
         "tensorboard",
         "scikit-image",
         "scipy",
+        "opencv-python-headless",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest", "ruff"],
