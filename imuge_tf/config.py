@@ -50,6 +50,11 @@ class ModelConfig:
     task_decoupling: bool = True
     progressive_recovery: bool = True
     local_feature_sharing: bool = True
+    # Levers beyond the paper (issue 6, DESIGN.md "What a pilot training run showed"); the
+    # defaults are the paper's setting.
+    decoder_prefill: bool = False  # R corrects a push-pull fill of the hole instead of
+    #                                painting it from nothing (tanh residual, zero-initialised)
+    quantize_immunized: bool = False  # round I_M to 8 bits (straight-through), as it is saved
 
     def validate(self) -> None:
         _check(self.image_size >= 32 and self.image_size % 16 == 0, "model.image_size",
@@ -71,11 +76,17 @@ class LossConfig:
     adversarial_weight: float = 0.005  # beta in eq. 3
     immunization_weight: float = 0.5  # gamma in eq. 6
     container_adversarial_weight: float = 0.5  # theta in eq. 8
+    # 0 = the paper's flat L_C (MSE weighted by gamma). > 0 = a fidelity hinge: L_C is the mean
+    # shortfall of PSNR(I, I_M) below this target in dB (weighted by gamma), so the encoder is
+    # free above the target and held at it, instead of being pushed to an invisible residual.
+    immunization_psnr_target: float = 0.0
 
     def validate(self) -> None:
         for name in ("classification_weight", "adversarial_weight", "immunization_weight",
                      "container_adversarial_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "a number >= 0")
+        _check(0.0 <= self.immunization_psnr_target <= 99.0, "loss.immunization_psnr_target",
+               "0 (flat L_C) or a PSNR target in dB below 99")
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,12 @@ class AttackConfig:
     resize_methods: tuple[str, ...] = RESIZE_METHODS
     copy_move_shift_range: tuple[float, float] = (0.3, 0.7)
     copy_move_flip_probability: float = 0.5
+    # Training-sample composition (applied by the model around the attack layer): the share
+    # of samples fed to the attacks without immunization (verifier target: all ones), and the
+    # share whose donor is the photo's own original, so that the donor/splice tampers become
+    # residual removal (only the missing immunization marks the area).
+    never_immunized_probability: float = 0.0
+    residual_removal_probability: float = 0.0
 
     def validate(self) -> None:
         _check(0.0 <= self.skip_probability <= 1.0, "attacks.skip_probability",
@@ -131,6 +148,8 @@ class AttackConfig:
         _check_range(self.copy_move_shift_range, "attacks.copy_move_shift_range", 0.01, 0.99)
         _check(0.0 <= self.copy_move_flip_probability <= 1.0,
                "attacks.copy_move_flip_probability", "a number in [0, 1]")
+        for name in ("never_immunized_probability", "residual_removal_probability"):
+            _check(0.0 <= getattr(self, name) <= 1.0, f"attacks.{name}", "a number in [0, 1]")
 
 
 @dataclass(frozen=True)

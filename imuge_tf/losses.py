@@ -29,14 +29,31 @@ def masked_distance(images, others, mask):
     return tf.math.divide_no_nan(squared, tf.reduce_sum(mask) * channels)
 
 
-def recovery_loss(original, recovered, true_mask):
-    """L_R, eq. 5: the whole image, plus extra weight on the tampered area."""
-    return image_distance(original, recovered) + masked_distance(original, recovered, true_mask)
+def recovery_loss(original, recovered, true_mask, sample_weight=None):
+    """L_R, eq. 5: the whole image, plus extra weight on the tampered area.
+
+    `sample_weight` [B] (0 or 1) leaves samples out, e.g. never-immunized ones, which have
+    nothing to recover from.
+    """
+    if sample_weight is None:
+        return image_distance(original, recovered) + masked_distance(original, recovered,
+                                                                     true_mask)
+    weight = tf.reshape(tf.cast(sample_weight, original.dtype), [-1, 1, 1, 1])
+    whole = masked_distance(original, recovered, tf.ones_like(true_mask) * weight)
+    return whole + masked_distance(original, recovered, true_mask * weight)
 
 
 def immunization_loss(original, immunized):
     """L_C: the immunized image must stay close to the original."""
     return image_distance(original, immunized)
+
+
+def immunization_hinge_loss(original, immunized, psnr_target):
+    """L_C as a fidelity hinge: the mean shortfall, in dB, of each sample's PSNR(I, I_M)
+    below `psnr_target`; zero (and no gradient) for samples at or above it."""
+    mse = tf.reduce_mean(tf.square(original - immunized), axis=[1, 2, 3])
+    sample_psnr = -10.0 * tf.math.log(tf.maximum(mse, 1e-10)) / tf.math.log(10.0)
+    return tf.reduce_mean(tf.nn.relu(psnr_target - sample_psnr))
 
 
 def generator_adversarial_loss(fake_scores):

@@ -13,6 +13,8 @@ from imuge_tf.models.imuge import ImugeModel
 from imuge_tf.models.patch_gan import PatchDiscriminator
 from imuge_tf.models.unet import UNet
 
+SAMPLE_COMPOSITION_KEYS = ("never_immunized_probability", "residual_removal_probability")
+
 
 def _unet_arguments(config: Config) -> dict:
     model = config.model
@@ -37,9 +39,15 @@ def build_verifier(config: Config) -> UNet:
 
 
 def build_decoder(config: Config) -> UNet:
-    """R: [rectified image, mask] -> recovered image in [0, 1] (tanh rescaled = sigmoid(2x))."""
+    """R: [rectified image, mask] -> recovered image in [0, 1] (tanh rescaled = sigmoid(2x)).
+
+    With `decoder_prefill`, R sees the push-pull fill of the hole and outputs a correction in
+    [-1, 1] (tanh), zero at the start so that training begins from the classical fill.
+    """
     model = config.model
-    return UNet(output_channels=3, output_activation="sigmoid", mask_input=True,
+    prefill = model.decoder_prefill
+    return UNet(output_channels=3, output_activation="tanh" if prefill else "sigmoid",
+                head_initializer="zeros" if prefill else "glorot_uniform", mask_input=True,
                 local_feature_sharing=model.local_feature_sharing,
                 progressive=model.progressive_recovery, name="decoder",
                 **_unet_arguments(config))
@@ -56,6 +64,8 @@ def attack_arguments(config: Config) -> dict:
     arguments = dataclasses.asdict(attacks)
     arguments["benign_attacks"] = tuple(arguments.pop("benign"))
     arguments["tamper_kinds"] = tuple(arguments.pop("tampers"))
+    for key in SAMPLE_COMPOSITION_KEYS:  # the model's, not the attack layer's
+        arguments.pop(key)
     return {key: tuple(value) if isinstance(value, list) else value
             for key, value in arguments.items()}
 
@@ -84,6 +94,11 @@ def build_imuge(config: Config) -> ImugeModel:
         decoupling_epochs=train.decoupling_epochs,
         progressive_recovery=model.progressive_recovery,
         task_decoupling=model.task_decoupling,
+        decoder_prefill=model.decoder_prefill,
+        quantize_immunized=model.quantize_immunized,
+        immunization_psnr_target=loss.immunization_psnr_target,
+        never_immunized_probability=config.attacks.never_immunized_probability,
+        residual_removal_probability=config.attacks.residual_removal_probability,
         name="imuge",
     )
 

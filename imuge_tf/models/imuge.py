@@ -11,12 +11,17 @@ import keras
 import tensorflow as tf
 
 from imuge_tf import losses
+from imuge_tf.attacks.benign import uniform_per_sample
 from imuge_tf.attacks.pipeline import AttackPipeline
+from imuge_tf.attacks.tamper import pyramid_fill
 from imuge_tf.metrics import masked_psnr, psnr
 from imuge_tf.models.unet import LEVELS, pool_to_level, upsample
 
 LOSS_NAMES = ("L_G", "L_R", "L_C", "L_cls", "L_DR", "L_DC", "L_D_C", "L_D_S")
 QUALITY_NAMES = ("psnr_immunized", "psnr_recovered", "l_psnr")
+# Offset added to each sample's seed for the model's own draws (never-immunized, residual
+# removal), so they are independent of the attack layer's.
+_COMPOSITION_SEED_OFFSET = (7477, 3119)
 
 
 def training_schedule(step, *, steps_per_epoch, stage_epochs, fade_fraction, decoupling_epochs,
@@ -59,6 +64,15 @@ class ImugeModel(keras.Model):
             container_adversarial_weight: alpha, beta, gamma, theta of eqs. 3, 6, 8.
         steps_per_epoch, stage_epochs, fade_fraction, decoupling_epochs,
             progressive_recovery, task_decoupling: the schedule, see `training_schedule`.
+        decoder_prefill: R gets the push-pull fill of the hole (`pyramid_fill`) and its
+            output (tanh) is a correction added to that fill.
+        quantize_immunized: round I_M to 8-bit levels, straight-through.
+        immunization_psnr_target: 0 for the paper's flat L_C; else L_C is the hinge
+            `mean(relu(target - PSNR(I, I_M)))` in dB.
+        never_immunized_probability: share of samples attacked without immunization; their
+            verifier target is all ones and they take no part in L_R.
+        residual_removal_probability: share of samples whose donor is their own original,
+            so donor-based tampers remove the immunization only.
     """
 
     def __init__(self, encoder, verifier, decoder, container_discriminator=None,
@@ -66,7 +80,9 @@ class ImugeModel(keras.Model):
                  classification_weight=0.01, adversarial_weight=0.005, immunization_weight=0.5,
                  container_adversarial_weight=0.5, steps_per_epoch=1000, stage_epochs=20,
                  fade_fraction=0.5, decoupling_epochs=100, progressive_recovery=True,
-                 task_decoupling=True, **kwargs):
+                 task_decoupling=True, decoder_prefill=False, quantize_immunized=False,
+                 immunization_psnr_target=0.0, never_immunized_probability=0.0,
+                 residual_removal_probability=0.0, **kwargs):
         super().__init__(**kwargs)
         if (container_discriminator is None) != (recovery_discriminator is None):
             raise ValueError("give both discriminators or neither")
@@ -90,6 +106,11 @@ class ImugeModel(keras.Model):
         self.decoupling_epochs = decoupling_epochs
         self.progressive_recovery = progressive_recovery
         self.task_decoupling = task_decoupling
+        self.decoder_prefill = decoder_prefill
+        self.quantize_immunized = quantize_immunized
+        self.immunization_psnr_target = float(immunization_psnr_target)
+        self.never_immunized_probability = float(never_immunized_probability)
+        self.residual_removal_probability = float(residual_removal_probability)
         self.trackers = {name: keras.metrics.Mean(name=name)
                          for name in (*LOSS_NAMES, *QUALITY_NAMES)}
         self.built = True
@@ -144,7 +165,19 @@ class ImugeModel(keras.Model):
 
     def immunize(self, images, training=False):
         residual = self.encoder(images, training=training)
-        return tf.clip_by_value(images + residual, 0.0, 1.0)
+        immunized = tf.clip_by_value(images + residual, 0.0, 1.0)
+        if self.quantize_immunized:
+            # The photo is saved with 8 bits: train on what the verifier will really get.
+            immunized = immunized + tf.stop_gradient(
+                tf.round(immunized * 255.0) / 255.0 - immunized)
+        return immunized
+
+    def _composition(self, batch):
+        """Per sample: (never immunized [B] bool, donor replaced by the original [B] bool)."""
+        draws = uniform_per_sample(
+            batch["seed"] + tf.constant([_COMPOSITION_SEED_OFFSET], tf.int32), shape=[2])
+        return (draws[:, 0] < self.never_immunized_probability,
+                draws[:, 1] < self.residual_removal_probability)
 
     def schedule(self, step=None):
         """(stage, alpha, decoupled) at `step` (default: the optimizer's step counter)."""
@@ -159,8 +192,15 @@ class ImugeModel(keras.Model):
         """The whole data flow of Fig. 2 (Fig. 3 while decoupled) on one batch; a dict."""
         images = batch["image"]
         immunized = self.immunize(images, training=training)
-        attacked_out = self.attacks(immunized, batch["donor"], batch["mask"], batch["seed"])
-        attacked, true_mask = attacked_out["attacked"], attacked_out["mask"]
+        never_immunized, own_donor = self._composition(batch)
+        per_sample = lambda flags: tf.reshape(flags, [-1, 1, 1, 1])  # noqa: E731
+        attack_input = tf.where(per_sample(never_immunized), images, immunized)
+        donors = tf.where(per_sample(own_donor), images, batch["donor"])
+        attacked_out = self.attacks(attack_input, donors, batch["mask"], batch["seed"])
+        attacked = attacked_out["attacked"]
+        # A never-immunized photo is wholly "not immunized": every pixel is flagged.
+        true_mask = tf.where(per_sample(never_immunized), tf.ones_like(attacked_out["mask"]),
+                             attacked_out["mask"])
 
         if self.use_verifier:
             # While decoupled, V learns from L_cls alone: no gradient flows back into E.
@@ -171,7 +211,10 @@ class ImugeModel(keras.Model):
         else:
             predicted_mask = tf.zeros_like(true_mask)
             decoder_mask = predicted_mask
-        rectified = attacked * (1.0 - decoder_mask)
+        if self.decoder_prefill:
+            rectified = pyramid_fill(attacked, decoder_mask)
+        else:
+            rectified = attacked * (1.0 - decoder_mask)
         recovered, reference = self._recover(images, rectified, decoder_mask, stage, alpha,
                                              training)
         return {
@@ -184,6 +227,7 @@ class ImugeModel(keras.Model):
             "rectified": rectified,
             "recovered": recovered,
             "reference": reference,
+            "never_immunized": never_immunized,
         }
 
     def _recover(self, images, rectified, mask, stage, alpha, training):
@@ -193,25 +237,42 @@ class ImugeModel(keras.Model):
         the original brought down to that resolution and back up the same way.
         """
         if not self.progressive_recovery:
-            return self.decoder([rectified, mask], training=training), images
+            output = self.decoder([rectified, mask], training=training)
+            return self._decoded_image(output, rectified), images
 
         def branch(stage_number):
             def run():
-                recovered = self.decoder.progressive_call(rectified, mask, stage=stage_number,
-                                                          alpha=alpha, training=training)
+                output = self.decoder.progressive_call(rectified, mask, stage=stage_number,
+                                                       alpha=alpha, training=training)
                 level = LEVELS - stage_number
-                reference = upsample(pool_to_level(images, level), 2**level)
-                return recovered, reference
+
+                def at_stage(x):
+                    return upsample(pool_to_level(x, level), 2**level)
+
+                return self._decoded_image(output, at_stage(rectified)), at_stage(images)
             return run
 
         return tf.switch_case(stage - 1, [branch(s) for s in range(1, LEVELS + 1)])
 
+    def _decoded_image(self, output, prefilled):
+        """The decoder's image: its output, or with pre-fill the fill plus its correction."""
+        if not self.decoder_prefill:
+            return output
+        return tf.clip_by_value(prefilled + output, 0.0, 1.0)
+
     def _generator_losses(self, outputs, decoupled):
         images, immunized = outputs["image"], outputs["immunized"]
         true_mask = outputs["true_mask"]
+        recoverable = 1.0 - tf.cast(outputs["never_immunized"], tf.float32)
+        if self.immunization_psnr_target > 0:
+            fidelity = losses.immunization_hinge_loss(images, immunized,
+                                                      self.immunization_psnr_target)
+        else:
+            fidelity = losses.immunization_loss(images, immunized)
         terms = {
-            "L_R": losses.recovery_loss(outputs["reference"], outputs["recovered"], true_mask),
-            "L_C": losses.immunization_loss(images, immunized),
+            "L_R": losses.recovery_loss(outputs["reference"], outputs["recovered"], true_mask,
+                                        sample_weight=recoverable),
+            "L_C": fidelity,
             "L_cls": losses.tamper_classification_loss(outputs["predicted_mask"], true_mask)
             if self.use_verifier else tf.constant(0.0),
         }
@@ -305,7 +366,8 @@ class ImugeModel(keras.Model):
                                                           outputs["recovered"]))
         local, has_area = masked_psnr(outputs["reference"], outputs["recovered"],
                                       outputs["true_mask"])
-        self.trackers["l_psnr"].update_state(local, sample_weight=has_area)
+        recoverable = 1.0 - tf.cast(outputs["never_immunized"], tf.float32)
+        self.trackers["l_psnr"].update_state(local, sample_weight=has_area * recoverable)
         logs = {name: tracker.result() for name, tracker in self.trackers.items()}
         logs.update(stage=tf.cast(stage, tf.float32), alpha=alpha,
                     decoupled=tf.cast(decoupled, tf.float32))
@@ -336,6 +398,11 @@ class ImugeModel(keras.Model):
             decoupling_epochs=self.decoupling_epochs,
             progressive_recovery=self.progressive_recovery,
             task_decoupling=self.task_decoupling,
+            decoder_prefill=self.decoder_prefill,
+            quantize_immunized=self.quantize_immunized,
+            immunization_psnr_target=self.immunization_psnr_target,
+            never_immunized_probability=self.never_immunized_probability,
+            residual_removal_probability=self.residual_removal_probability,
         )
         return config
 

@@ -61,12 +61,14 @@ class UNet(keras.Model):
         local_feature_sharing: eq. 2 in the two highest-resolution decoding segments
             (needs `mask_input`).
         progressive: create the extra 1x1 layers used by `progressive_call` at stages 1-3.
+        head_initializer: kernel initializer of the output heads ("zeros" makes a residual
+            head start at exactly zero).
     """
 
     def __init__(self, input_channels=3, output_channels=3, base_filters=16, max_filters=256,
                  norm="group", middle_dilations=(2, 4), output_activation="tanh",
                  mask_input=False, local_feature_sharing=False, progressive=False,
-                 name="unet", **kwargs):
+                 head_initializer="glorot_uniform", name="unet", **kwargs):
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                              f"got '{output_activation}'")
@@ -77,7 +79,8 @@ class UNet(keras.Model):
 
         # Layers first, so that the functional graph below and `progressive_call` share them.
         from_image = {0: ConvNormAct(channels[0], norm=norm, name=f"{name}_stem")}
-        to_image = {0: self._head(output_channels, output_activation, f"{name}_head")}
+        to_image = {0: self._head(output_channels, output_activation, head_initializer,
+                                 f"{name}_head")}
         encoders = {
             level: EncodingSegment(channels[level], norm=norm, name=f"{name}_encode{level}")
             for level in range(1, LEVELS + 1)
@@ -93,7 +96,7 @@ class UNet(keras.Model):
                 from_image[level] = ConvNormAct(channels[level], kernel_size=1, norm=norm,
                                                 name=f"{name}_from_image{level}")
                 to_image[level] = self._head(output_channels, output_activation,
-                                             f"{name}_to_image{level}")
+                                             head_initializer, f"{name}_to_image{level}")
 
         image = keras.Input((None, None, input_channels), name=f"{name}_image")
         mask = keras.Input((None, None, 1), name=f"{name}_mask") if mask_input else None
@@ -113,6 +116,7 @@ class UNet(keras.Model):
         self.mask_input = mask_input
         self.local_feature_sharing = local_feature_sharing
         self.progressive = progressive
+        self.head_initializer = head_initializer
         self._unet_layers = layers
         # The stage-only layers are not in the functional graph: build them here so their
         # weights exist before an optimizer is built and before a `.keras` file is loaded.
@@ -123,8 +127,9 @@ class UNet(keras.Model):
             to_image[level] for level in range(1, LEVELS) if progressive]
 
     @staticmethod
-    def _head(output_channels, activation, name):
-        return keras.layers.Conv2D(output_channels, 1, activation=activation, name=name)
+    def _head(output_channels, activation, initializer, name):
+        return keras.layers.Conv2D(output_channels, 1, activation=activation,
+                                   kernel_initializer=initializer, name=name)
 
     def progressive_call(self, image, mask=None, stage=LEVELS, alpha=1.0, training=None):
         """The output of progressive-recovery stage `stage` (1..4), upsampled to full size.
@@ -156,6 +161,7 @@ class UNet(keras.Model):
             "mask_input": self.mask_input,
             "local_feature_sharing": self.local_feature_sharing,
             "progressive": self.progressive,
+            "head_initializer": self.head_initializer,
         }
 
     @classmethod
