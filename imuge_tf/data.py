@@ -18,8 +18,7 @@ import tensorflow as tf
 from PIL import ExifTags, Image, ImageOps
 
 from imuge_tf.attacks.masks import DEFAULT_SHAPES, random_tamper_mask, validate_mask_arguments
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+from imuge_tf.io import IMAGE_EXTENSIONS, to_rgb
 
 # Show a progress bar only when loading takes noticeable time.
 PROGRESS_MIN_FILES = 32
@@ -116,38 +115,6 @@ def _target_size(width, height, image_size, load_size):
     return max(target, round(width * scale)), target
 
 
-def _high_depth_to_uint8(array):
-    """Grey levels of a 16/32-bit integer or float image as uint8."""
-    if np.issubdtype(array.dtype, np.floating):
-        array = np.nan_to_num(array.astype(np.float64))
-        peak = array.max(initial=0.0)
-        # Float images come as [0, 1] or [0, 255]; anything larger is scaled to its maximum.
-        scale = 255.0 if peak <= 1.0 else (1.0 if peak <= 255.0 else 255.0 / peak)
-        return np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
-    array = array.astype(np.int64)
-    peak = int(array.max(initial=0))
-    if peak <= 255:
-        # 8-bit data stored in a wide mode (e.g. mode "I" from some PNG/TIFF writers).
-        return np.clip(array, 0, 255).astype(np.uint8)
-    full = 65535 if peak <= 65535 else peak
-    return np.clip(np.rint(array * (255.0 / full)), 0, 255).astype(np.uint8)
-
-
-def _to_rgb(image):
-    """Any Pillow image as 8-bit RGB; transparency is flattened onto white."""
-    if image.mode.startswith("I") or image.mode == "F":
-        grey = _high_depth_to_uint8(np.asarray(image))
-        return Image.fromarray(grey, "L").convert("RGB")
-    if image.mode == "RGB":
-        return image
-    if image.has_transparency_data:
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        canvas.alpha_composite(rgba)
-        return canvas.convert("RGB")
-    return image.convert("RGB")
-
-
 def _resize(image, size):
     """`image` resized to `size` (width, height); unchanged when size is None or its size."""
     if size is None or image.size == tuple(size):
@@ -180,7 +147,7 @@ def load_image(path, image_size, load_size=None):
             # large photos, and it keeps both sides at least as large as requested.
             image.draft(None, size[::-1] if turned else size)
         image = ImageOps.exif_transpose(image)
-        image = _resize(_to_rgb(image), size)
+        image = _resize(to_rgb(image), size)
         return np.asarray(image, dtype=np.uint8).copy()
 
 

@@ -1,0 +1,384 @@
+"""Reading and writing image files safely.
+
+Reading (`read_image`) turns any photo Pillow can open into 8-bit RGB, or raises one
+`ImageReadError` whose message names the file and the problem: oversized files are refused
+from their header, before any pixel is decoded (decompression bombs), and truncated files are
+refused rather than padded.
+
+Writing (`write_image`, `write_bytes_atomic`, `write_text_atomic`) is atomic: the data goes to
+a temporary file in the target folder which is then renamed over the target, so a reader, a
+crash or a full disk never leaves half a file behind. Existing files are kept unless
+`force=True`. Immunized images must be stored losslessly: the hidden residual is only a few
+8-bit levels, which JPEG or lossy WebP re-encoding wipes out, so those formats need
+`allow_lossy=True`.
+
+This module imports no TensorFlow, so the command line can use it before loading a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "LOSSLESS_FORMATS",
+    "LOSSY_FORMATS",
+    "ImageReadError",
+    "ImageWriteError",
+    "high_depth_to_uint8",
+    "image_format",
+    "mask_to_image",
+    "overlay",
+    "read_image",
+    "to_rgb",
+    "write_bytes_atomic",
+    "write_image",
+    "write_text_atomic",
+]
+
+# Suffixes that count as image files when folders are searched (any case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# 64 megapixels decode to 192 MB of RGB (and several times that in float32 inside the
+# networks): larger than any camera photo a user would immunize, small enough to be safe.
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_MIN_SIZE = 32
+
+# Suffix -> (Pillow format, save options). TIFF is deflate-compressed, which is lossless.
+LOSSLESS_FORMATS = {
+    ".png": ("PNG", {}),
+    ".bmp": ("BMP", {}),
+    ".tif": ("TIFF", {"compression": "tiff_adobe_deflate"}),
+    ".tiff": ("TIFF", {"compression": "tiff_adobe_deflate"}),
+}
+# Written only with allow_lossy=True; high quality and no chroma subsampling keep the damage
+# as small as these codecs allow, but it is still enough to erase the immunization.
+LOSSY_FORMATS = {
+    ".jpg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".jpeg": ("JPEG", {"quality": 95, "subsampling": 0}),
+    ".webp": ("WEBP", {"quality": 95}),
+}
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be used as an image; the message names the file and the problem."""
+
+
+class ImageWriteError(ValueError):
+    """An image or report that was not written; the message names the file and the reason."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel conversions (shared with imuge_tf.data)
+
+
+def high_depth_to_uint8(array):
+    """Grey levels of a 16/32-bit integer or float image as uint8."""
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.nan_to_num(array.astype(np.float64))
+        peak = array.max(initial=0.0)
+        # Float images come as [0, 1] or [0, 255]; anything larger is scaled to its maximum.
+        scale = 255.0 if peak <= 1.0 else (1.0 if peak <= 255.0 else 255.0 / peak)
+        return np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+    array = array.astype(np.int64)
+    peak = int(array.max(initial=0))
+    if peak <= 255:
+        # 8-bit data stored in a wide mode (e.g. mode "I" from some PNG/TIFF writers).
+        return np.clip(array, 0, 255).astype(np.uint8)
+    full = 65535 if peak <= 65535 else peak
+    return np.clip(np.rint(array * (255.0 / full)), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image):
+    """Any Pillow image as 8-bit RGB.
+
+    Transparency (RGBA, LA, PA, palette or RGB with a transparent colour) is composited onto
+    white, which is how a viewer on a white page shows it; 16-bit and float greyscale are
+    scaled to 8 bits; CMYK, palette, greyscale and 1-bit images are converted as Pillow does.
+    """
+    if image.mode.startswith("I") or image.mode == "F":
+        grey = high_depth_to_uint8(np.asarray(image))
+        return Image.fromarray(grey, "L").convert("RGB")
+    if image.mode == "RGB":
+        return image
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@contextlib.contextmanager
+def _strict_pillow():
+    """Pillow settings for one strict read: truncated files fail, bomb warnings are errors."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    # Some libraries switch this on globally; a truncated immunized photo must not be padded
+    # with grey and then verified as if it were complete.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def _megapixels(pixels):
+    return f"{pixels / 1e6:.1f} megapixels"
+
+
+def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
+    """Decodes an image file to an oriented uint8 RGB array, H x W x 3.
+
+    The EXIF orientation is applied (H and W are those a viewer shows). CMYK, palette,
+    greyscale, 1-bit, 16-bit and float images become 8-bit RGB; transparent areas are
+    composited onto white (see `to_rgb`). For multi-frame files (GIF, TIFF) the first frame
+    is read.
+
+    Raises ImageReadError, with a one-line message naming the file, for a missing, empty,
+    corrupt, truncated or non-image file, for one larger than `max_pixels` (checked from the
+    header, before decoding) and for one smaller than `min_size` pixels on a side.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ImageReadError(f"{path}: is a folder, not an image file")
+    try:
+        if os.path.getsize(path) == 0:
+            raise ImageReadError(f"{path}: empty file (0 bytes)")
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read ({error.strerror or error})") from None
+
+    try:
+        with _strict_pillow(), Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageReadError(
+                    f"{path}: too large ({width} x {height} = {_megapixels(width * height)}; "
+                    f"the limit is {_megapixels(max_pixels)})"
+                )
+            if min(width, height) < min_size:
+                raise ImageReadError(
+                    f"{path}: too small ({width} x {height} pixels; at least {min_size} "
+                    f"on each side is needed)"
+                )
+            # Decode everything now: a truncated or corrupt stream fails here, inside the try.
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            rgb = to_rgb(oriented)
+            return np.array(rgb, dtype=np.uint8)
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard fired before our header check could (a huge declared size).
+        raise ImageReadError(
+            f"{path}: too large (Pillow refuses it as a possible decompression bomb)"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            f"{path}: not an image file (or a format Pillow cannot read)"
+        ) from None
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough memory to decode it") from None
+    except Exception as error:  # noqa: BLE001 - Pillow's decoders raise many types
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageReadError(f"{path}: corrupt or truncated image ({detail})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _file_mode():
+    """The permissions a new file gets from open(): 0o666 minus the process umask."""
+    # os.umask can only be read by setting it; set it straight back.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _atomic_write(path, write, *, force, error_type):
+    """Runs `write(stream)` on a temporary file next to `path`, then moves it into place.
+
+    Without `force`, an existing `path` is an error, also when it appears while writing: the
+    temporary file is hard-linked to `path`, which fails if it exists (where links are not
+    supported, existence is checked just before an os.replace instead). On any failure the
+    temporary file is removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    if not force and os.path.lexists(path):
+        raise error_type(f"{path}: already exists (use --force / force=True to overwrite)")
+    if os.path.isdir(path):
+        raise error_type(f"{path}: is a folder")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(
+            dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial"
+        )
+    except OSError as error:
+        raise error_type(f"{path}: cannot write ({error.strerror or error})") from None
+    try:
+        # mkstemp creates 0600 files; outputs get the permissions a plain open() gives them.
+        os.fchmod(handle, _file_mode())
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        if force:
+            os.replace(temporary, path)
+        else:
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                raise error_type(f"{path}: already exists (use --force / force=True to "
+                                 "overwrite)") from None
+            except OSError:
+                if os.path.lexists(path):
+                    raise error_type(f"{path}: already exists (use --force / force=True to "
+                                     "overwrite)") from None
+                os.replace(temporary, path)
+    except error_type:
+        raise
+    except OSError as error:
+        raise error_type(f"{path}: cannot write ({error.strerror or error})") from None
+    finally:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+
+
+def write_bytes_atomic(path, data, force=False):
+    """Writes `data` (bytes) to `path` atomically; an existing file needs `force`.
+
+    Raises ImageWriteError when the file exists (without force) or cannot be written.
+    """
+    data = bytes(data)
+    _atomic_write(path, lambda stream: stream.write(data), force=force,
+                  error_type=ImageWriteError)
+
+
+def write_text_atomic(path, text, force=False):
+    """Writes `text` as UTF-8 to `path` atomically (e.g. a JSON report); see write_bytes_atomic."""
+    write_bytes_atomic(path, text.encode("utf-8"), force=force)
+
+
+def _as_pillow_image(array, path):
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise ImageWriteError(f"{path}: images must be uint8 arrays, got {array.dtype}")
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        mode = "L"
+    elif array.ndim == 3 and array.shape[-1] in (3, 4):
+        mode = "RGB" if array.shape[-1] == 3 else "RGBA"
+    else:
+        mode = None
+    if mode is None or min(array.shape[:2]) < 1:
+        raise ImageWriteError(
+            f"{path}: images must be H x W (grey), H x W x 3 or H x W x 4 arrays, "
+            f"got shape {array.shape}"
+        )
+    return Image.fromarray(np.ascontiguousarray(array), mode)
+
+
+def image_format(path, allow_lossy=False):
+    """(Pillow format, save options) for the suffix of `path`; raises ImageWriteError for
+    lossy formats (unless `allow_lossy`) and unknown suffixes."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in LOSSLESS_FORMATS:
+        return LOSSLESS_FORMATS[suffix]
+    if suffix in LOSSY_FORMATS:
+        if allow_lossy:
+            return LOSSY_FORMATS[suffix]
+        raise ImageWriteError(
+            f"{path}: {suffix[1:].upper()} is lossy and would destroy the immunization (the "
+            f"hidden residual is only a few 8-bit levels); use .png, .bmp or .tiff, or allow "
+            f"lossy output explicitly (--allow-lossy)"
+        )
+    known = ", ".join(sorted({*LOSSLESS_FORMATS, *LOSSY_FORMATS}))
+    raise ImageWriteError(f"{path}: unknown image suffix {suffix or '(none)'!r}; use one of "
+                          f"{known}")
+
+
+def write_image(path, array, *, force=False, allow_lossy=False):
+    """Writes a uint8 image (H x W grey, H x W x 3 RGB or H x W x 4 RGBA) to `path`.
+
+    The format comes from the suffix: .png, .bmp, .tif/.tiff are lossless; .jpg/.jpeg/.webp
+    are refused unless `allow_lossy` (they erase the immunization); others are refused. The
+    write is atomic and an existing file is kept unless `force`. Raises ImageWriteError.
+    """
+    path = os.fspath(path)
+    pillow_format, options = image_format(path, allow_lossy)
+    image = _as_pillow_image(array, path)
+    if pillow_format == "JPEG" and image.mode == "RGBA":
+        raise ImageWriteError(f"{path}: JPEG cannot store an alpha channel")
+    # Encode in memory first: an encoder error then leaves no temporary file to clean up, and
+    # the bytes are known before the target folder is touched.
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=pillow_format, **options)
+    except (OSError, ValueError) as error:
+        raise ImageWriteError(f"{path}: cannot encode as {pillow_format} ({error})") from None
+    write_bytes_atomic(path, buffer.getvalue(), force=force)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification outputs
+
+
+def _check_mask(mask, shape=None):
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be H x W, got shape {mask.shape}")
+    if shape is not None and mask.shape != tuple(shape):
+        raise ValueError(f"mask shape {mask.shape} does not match the image's {tuple(shape)}")
+    return mask.astype(bool)
+
+
+def mask_to_image(mask):
+    """A boolean H x W mask as a uint8 H x W image: 255 where tampered, 0 elsewhere."""
+    return np.where(_check_mask(mask), np.uint8(255), np.uint8(0))
+
+
+OVERLAY_COLOUR = (255, 0, 0)
+
+
+def overlay(image, mask, alpha=0.45):
+    """The image with the tampered area tinted red and outlined: uint8 H x W x 3.
+
+    Inside the mask, pixels are blended with red (`alpha` red); a solid red outline is drawn
+    just outside each region, a line about 1/256 of the shorter side wide (at least 1 pixel),
+    so small regions stay visible on a thumbnail and the tinted content is not covered.
+    """
+    from scipy import ndimage  # a dependency, imported here to keep `imuge --help` light
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be a uint8 H x W x 3 array, got {image.dtype} "
+                         f"{image.shape}")
+    mask = _check_mask(mask, image.shape[:2])
+    result = image.astype(np.float32)
+    red = np.asarray(OVERLAY_COLOUR, np.float32)
+    result[mask] = (1.0 - alpha) * result[mask] + alpha * red
+    width = max(1, round(min(image.shape[:2]) / 256))
+    grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=width)
+    result[grown & ~mask] = red
+    return np.clip(np.rint(result), 0, 255).astype(np.uint8)

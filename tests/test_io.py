@@ -1,0 +1,292 @@
+"""Reading and writing image files: strict decoding, format conversions, atomic lossless writes."""
+
+import json
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFile
+
+from imuge_tf import io as imuge_io
+from imuge_tf.io import (
+    ImageReadError,
+    ImageWriteError,
+    mask_to_image,
+    overlay,
+    read_image,
+    write_image,
+    write_text_atomic,
+)
+
+
+def gradient(height=40, width=48):
+    """A colourful uint8 test image with every pixel different from its neighbours."""
+    y, x = np.mgrid[0:height, 0:width]
+    return np.stack([x * 5 % 256, y * 6 % 256, (x * y) % 256], axis=-1).astype(np.uint8)
+
+
+def png_bytes(width, height, bit_depth, colour_type, rows=None):
+    """A PNG written by hand: for 48-bit images (Pillow cannot write them) and forged headers."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    body = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    if rows is not None:
+        body += chunk(b"IDAT", zlib.compress(b"".join(b"\x00" + row for row in rows)))
+    return body + chunk(b"IEND", b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif", ".tiff"])
+def test_lossless_round_trip(tmp_path, suffix):
+    image = gradient()
+    path = tmp_path / f"image{suffix}"
+    write_image(path, image)
+    np.testing.assert_array_equal(read_image(path), image)
+    assert Image.open(path).format == imuge_io.LOSSLESS_FORMATS[suffix][0]
+
+
+def test_modes_become_eight_bit_rgb(tmp_path):
+    grey = np.tile(np.arange(0, 240, 5, dtype=np.uint8), (40, 1))  # 40 x 48
+    Image.fromarray(grey, "L").save(tmp_path / "grey.png")
+    out = read_image(tmp_path / "grey.png")
+    assert out.shape == (40, 48, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.repeat(grey[..., None], 3, axis=-1))
+
+    # 16-bit greyscale PNG (mode I;16): full scale 65535 -> 255.
+    deep = (grey.astype(np.uint16) * 257)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png")[..., 1], grey)
+
+    # Float TIFF in [0, 1].
+    Image.fromarray(grey.astype(np.float32) / 255.0, "F").save(tmp_path / "float.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "float.tif")[..., 2], grey)
+
+    # 48-bit RGB PNG: the high byte of each 16-bit sample.
+    rgb = gradient()
+    rows = [(row.astype(">u2") * 257).tobytes() for row in rgb]
+    (tmp_path / "deep_rgb.png").write_bytes(png_bytes(48, 40, 16, 2, rows))
+    np.testing.assert_array_equal(read_image(tmp_path / "deep_rgb.png"), rgb)
+
+    # CMYK JPEG.
+    red = np.zeros((40, 48, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    np.testing.assert_allclose(read_image(tmp_path / "cmyk.jpg").mean(axis=(0, 1)),
+                               (255, 0, 0), atol=20)
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    rgba = np.zeros((40, 48, 4), np.uint8)
+    rgba[..., 1] = 128
+    rgba[:, :24, 3] = 255  # left opaque green, right transparent
+    rgba[:, 24:36, 3] = 128  # a half-transparent band
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    image = read_image(tmp_path / "alpha.png")
+    np.testing.assert_array_equal(image[:, :24], np.full((40, 24, 3), (0, 128, 0)))
+    np.testing.assert_allclose(image[:, 24:36], np.full((40, 12, 3), (127, 191, 127)), atol=1)
+    np.testing.assert_array_equal(image[:, 36:], np.full((40, 12, 3), 255))
+
+    la = Image.fromarray(rgba[..., 1], "L")
+    la.putalpha(Image.fromarray(rgba[..., 3], "L"))
+    la.save(tmp_path / "la.png")
+    assert Image.open(tmp_path / "la.png").mode == "LA"
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png")[:, 36:], 255)
+
+    palette = Image.fromarray(gradient()).quantize(colors=8)
+    palette.save(tmp_path / "palette.png", transparency=palette.getpixel((0, 0)))
+    image = read_image(tmp_path / "palette.png")
+    np.testing.assert_array_equal(image[0, 0], (255, 255, 255))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = np.zeros((40, 64, 3), np.uint8)
+    image[:, :32] = (255, 0, 0)
+    image[:, 32:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    Image.fromarray(image).save(tmp_path / "turned.png", exif=exif)
+    out = read_image(tmp_path / "turned.png")
+    assert out.shape == (64, 40, 3)
+    np.testing.assert_array_equal(out[0, 0], (255, 0, 0))  # the left half is now on top
+    np.testing.assert_array_equal(out[-1, 0], (0, 0, 255))
+
+
+def one_line_error(path, **kwargs):
+    with pytest.raises(ImageReadError) as info:
+        read_image(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_bad_files_raise_one_clear_line(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(gradient()).save(good)
+    data = good.read_bytes()
+
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert "empty file" in one_line_error(tmp_path / "empty.png")
+    (tmp_path / "notes.jpg").write_text("not an image at all\n" * 10)
+    assert "not an image" in one_line_error(tmp_path / "notes.jpg")
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    assert "truncated" in one_line_error(tmp_path / "truncated.png")
+    corrupt = bytearray(data)
+    corrupt[len(data) // 2: len(data) // 2 + 64] = os.urandom(64)
+    (tmp_path / "corrupt.png").write_bytes(bytes(corrupt))
+    assert "corrupt" in one_line_error(tmp_path / "corrupt.png")
+    assert "no such file" in one_line_error(tmp_path / "missing.png")
+    assert "folder" in one_line_error(tmp_path)
+    assert isinstance(ImageReadError("x"), ValueError)
+
+
+def test_truncated_jpeg_is_refused_even_if_pillow_is_set_to_pad(tmp_path, monkeypatch):
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(gradient(64, 64)).save(path, quality=90)
+    path.write_bytes(path.read_bytes()[:-200])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    one_line_error(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is restored
+
+
+def test_size_limits_are_checked_from_the_header(tmp_path, monkeypatch):
+    path = tmp_path / "image.png"
+    Image.fromarray(gradient()).save(path)
+    assert "too small" in one_line_error(path, min_size=41)
+    assert read_image(path, min_size=40).shape == (40, 48, 3)
+
+    # Large images are refused before any pixel is decoded.
+    def no_decoding(self):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert "too large" in one_line_error(path, max_pixels=40 * 48 - 1)
+    # Forged headers: 72 megapixels (over our limit, under Pillow's) and 10 gigapixels (over
+    # Pillow's own decompression-bomb limit); neither has any pixel data.
+    for side in (9000, 8000), (100_000, 100_000):
+        forged = tmp_path / f"bomb{side[0]}.png"
+        forged.write_bytes(png_bytes(*side, 8, 2))
+        assert "too large" in one_line_error(forged)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def leftovers(folder):
+    return sorted(name for name in os.listdir(folder) if name.startswith("."))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".webp", ".JPG"])
+def test_lossy_formats_need_permission(tmp_path, suffix):
+    path = tmp_path / f"out{suffix}"
+    with pytest.raises(ImageWriteError, match="lossy.*immunization"):
+        write_image(path, gradient())
+    assert os.listdir(tmp_path) == []
+    write_image(path, gradient(), allow_lossy=True)
+    decoded = np.asarray(Image.open(path).convert("RGB"))
+    assert decoded.shape == (40, 48, 3)
+    assert np.abs(decoded.astype(int) - gradient()).mean() < 10
+
+
+def test_unknown_suffix_is_refused(tmp_path):
+    for name in ("out.gif", "out", "out.txt"):
+        with pytest.raises(ImageWriteError, match="unknown image suffix"):
+            write_image(tmp_path / name, gradient())
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_files_are_kept_unless_forced(tmp_path):
+    path = tmp_path / "out.png"
+    write_image(path, gradient())
+    other = 255 - gradient()
+    with pytest.raises(ImageWriteError, match="already exists"):
+        write_image(path, other)
+    np.testing.assert_array_equal(read_image(path), gradient())
+    write_image(path, other, force=True)
+    np.testing.assert_array_equal(read_image(path), other)
+    assert leftovers(tmp_path) == []
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    path = tmp_path / "out.png"
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "link", broken)
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(ImageWriteError, match="No space left"):
+        write_image(path, gradient())
+    assert os.listdir(tmp_path) == []
+
+    monkeypatch.undo()
+    existing = tmp_path / "keep.png"
+    write_image(existing, gradient())
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(ImageWriteError):
+        write_image(existing, 255 - gradient(), force=True)
+    np.testing.assert_array_equal(read_image(existing), gradient())
+    assert leftovers(tmp_path) == []
+
+
+def test_bad_arrays_and_unwritable_paths(tmp_path):
+    with pytest.raises(ImageWriteError, match="uint8"):
+        write_image(tmp_path / "a.png", gradient().astype(np.float32))
+    with pytest.raises(ImageWriteError, match="H x W"):
+        write_image(tmp_path / "a.png", np.zeros((4, 4, 2), np.uint8))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ImageWriteError, match="cannot write"):
+        write_image(tmp_path / "file" / "a.png", gradient())
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_image(tmp_path / "a.png", gradient())
+    finally:
+        os.umask(previous)
+    assert (os.stat(tmp_path / "a.png").st_mode & 0o777) == 0o644
+
+
+def test_text_reports(tmp_path):
+    path = tmp_path / "sub" / "report.json"
+    write_text_atomic(path, json.dumps({"verdict": "intact"}))
+    assert json.loads(path.read_text()) == {"verdict": "intact"}
+    with pytest.raises(ImageWriteError, match="already exists"):
+        write_text_atomic(path, "{}")
+    write_text_atomic(path, "{}", force=True)
+    assert path.read_text() == "{}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification outputs
+
+
+def test_mask_image_and_overlay():
+    mask = np.zeros((64, 80), bool)
+    mask[20:40, 30:50] = True
+    mask_image = mask_to_image(mask)
+    assert mask_image.dtype == np.uint8
+    np.testing.assert_array_equal(mask_image, np.where(mask, 255, 0))
+
+    image = np.full((64, 80, 3), 100, np.uint8)
+    result = overlay(image, mask)
+    assert result.shape == image.shape and result.dtype == np.uint8
+    inside = result[mask]
+    assert (inside[:, 0] > 150).all() and (inside[:, 1] < 100).all()  # tinted red
+    np.testing.assert_array_equal(result[19, 35], (255, 0, 0))  # outline just outside
+    np.testing.assert_array_equal(result[0:15], image[0:15])  # the rest is untouched
+    np.testing.assert_array_equal(overlay(image, np.zeros((64, 80), bool)), image)
+    with pytest.raises(ValueError, match="does not match"):
+        overlay(image, np.zeros((10, 10), bool))
