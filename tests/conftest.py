@@ -36,3 +36,17 @@ def photo_dir(tmp_path_factory) -> str:
         folder = root / "nested" if i == 0 else root
         Image.fromarray(load_photo(name)).save(folder / f"{name}.{fmt}")
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory) -> str:
+    """Inference weights of an untrained smoke-config model (with pre-fill on), written the
+    way training writes them: fast to make, for tests of plumbing rather than quality."""
+    from imuge_tf.config import load_config
+    from imuge_tf.models.factory import build_imuge
+    from imuge_tf.training import save_inference_networks
+
+    config = load_config("smoke", ["model.decoder_prefill=true"])
+    folder = tmp_path_factory.mktemp("untrained") / "inference"
+    save_inference_networks(build_imuge(config), config, str(folder), step=0)
+    return str(folder)

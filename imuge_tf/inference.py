@@ -1,0 +1,319 @@
+"""The Imuge facade: immunize, verify and recover real photos of any size (DESIGN.md, contracts).
+
+The networks run at the working size S of their training config. Immunize computes the
+residual on the photo resized to S x S, upsamples it and adds it to the full-resolution photo.
+Verify resizes the received photo to S x S, thresholds the verifier's probability map (Otsu,
+then an opening with a 4 x 4 kernel, paper section 3.5) and brings the mask back to the
+received size. Recover runs the decoder at S x S and replaces pixels only inside the mask.
+
+The verdict uses two fractions of pixels flagged by the verifier (probability > 0.5, at the
+working size), calibrated on held-out photos and stored in `imuge.json` (`calibrate`):
+below `intact_max_fraction` the photo is intact; at or above `not_immunized_min_fraction` the
+whole photo lacks the immunization (a never-immunized photo); in between it is tampered.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+NETWORKS = ("encoder", "verifier", "decoder")
+VERDICTS = ("intact", "tampered", "not_immunized")
+MIN_SIDE = 16  # smaller photos carry too little to verify or recover anything
+# Used until `calibrate` has stored measured values with the weights.
+DEFAULT_THRESHOLDS = {"intact_max_fraction": 0.01, "not_immunized_min_fraction": 0.6}
+FLAG_PROBABILITY = 0.5  # a pixel counts as flagged for the verdict above this probability
+MORPHOLOGY_KERNEL = 4  # paper section 3.5
+
+
+class ModelNotFoundError(ValueError):
+    """No weights where they were looked for."""
+
+
+@dataclass
+class VerifyResult:
+    """What `Imuge.verify` found in one received photo (arrays at the received size)."""
+
+    verdict: str
+    probability: np.ndarray  # H x W float32, per-pixel tamper probability
+    mask: np.ndarray  # H x W bool, the refined tampered area
+    tampered_fraction: float  # share of the photo's pixels in `mask`
+    flagged_fraction: float  # share of pixels over FLAG_PROBABILITY at the working size
+    threshold: float  # the probability threshold used for `mask`
+    thresholds: dict = field(default_factory=dict)  # the verdict thresholds used
+
+    def to_dict(self) -> dict:
+        """A JSON-ready summary (no arrays)."""
+        height, width = self.mask.shape
+        return {
+            "verdict": self.verdict,
+            "tampered_fraction": round(float(self.tampered_fraction), 6),
+            "flagged_fraction": round(float(self.flagged_fraction), 6),
+            "threshold": round(float(self.threshold), 6),
+            "height": int(height),
+            "width": int(width),
+            "thresholds": dict(self.thresholds),
+        }
+
+
+def check_photo(image) -> np.ndarray:
+    """`image` as a uint8 H x W x 3 array, or a ValueError saying what is wrong with it."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 photo, got dtype {array.dtype} "
+                         "(read files with imuge_tf.io.read_image)")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected an H x W x 3 RGB photo, got shape {array.shape}")
+    if min(array.shape[:2]) < MIN_SIDE:
+        raise ValueError(f"photo is {array.shape[1]}x{array.shape[0]} pixels; "
+                         f"at least {MIN_SIDE} on each side is needed")
+    return array
+
+
+def _resize(images, size, antialias):
+    import tensorflow as tf
+
+    return tf.image.resize(images, size, method="bilinear", antialias=antialias)
+
+
+def _find_weights(path: str) -> str:
+    """The folder holding imuge.json: `path` itself or its `inference/` (a work directory)."""
+    if not os.path.exists(path):
+        raise ModelNotFoundError(f"model path '{path}' does not exist")
+    for candidate in (path, os.path.join(path, "inference")):
+        if os.path.isfile(os.path.join(candidate, "imuge.json")):
+            return candidate
+    raise ModelNotFoundError(
+        f"no imuge.json in '{path}' or '{os.path.join(path, 'inference')}': pass a training "
+        "work directory or its inference/ folder")
+
+
+class Imuge:
+    """Immunize, verify and recover photos with trained networks.
+
+    Build it with `Imuge.from_pretrained()` (the shipped demo model) or `Imuge.load(path)`.
+    """
+
+    def __init__(self, encoder, verifier, decoder, image_size, *, decoder_prefill=False,
+                 thresholds=None, metadata=None, source=None):
+        self.encoder = encoder
+        self.verifier = verifier
+        self.decoder = decoder
+        self.image_size = int(image_size)
+        self.decoder_prefill = bool(decoder_prefill)
+        self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
+        self.metadata = dict(metadata or {})
+        self.source = source
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls) -> "Imuge":
+        """The demo model shipped in `imuge_tf/pretrained/`."""
+        if not os.path.isfile(os.path.join(PRETRAINED_DIR, "imuge.json")):
+            raise ModelNotFoundError(
+                f"no shipped weights in {PRETRAINED_DIR}; train a model "
+                "(`imuge train --config demo --data DIR --workdir W`) and pass --model W")
+        return cls.load(PRETRAINED_DIR)
+
+    @classmethod
+    def load(cls, path: str) -> "Imuge":
+        """Networks from a training work directory or its `inference/` folder."""
+        folder = _find_weights(path)
+        with open(os.path.join(folder, "imuge.json")) as handle:
+            try:
+                metadata = json.load(handle)
+            except json.JSONDecodeError as error:
+                raise ModelNotFoundError(f"{folder}/imuge.json is not valid JSON: {error}") \
+                    from None
+        import keras
+
+        import imuge_tf.models.unet  # noqa: F401  (registers the classes for loading)
+
+        networks = {}
+        for name in NETWORKS:
+            filename = metadata.get("networks", {}).get(name, f"{name}.keras")
+            network_path = os.path.join(folder, filename)
+            if not os.path.isfile(network_path):
+                raise ModelNotFoundError(f"missing {network_path}")
+            networks[name] = keras.saving.load_model(network_path, compile=False)
+        model_config = metadata.get("config", {}).get("model", {})
+        return cls(**networks, image_size=metadata["image_size"],
+                   decoder_prefill=model_config.get("decoder_prefill", False),
+                   thresholds=metadata.get("verdict_thresholds"), metadata=metadata,
+                   source=folder)
+
+    def save_thresholds(self, thresholds: dict, calibration: dict | None = None) -> None:
+        """Stores verdict thresholds (and how they were measured) in the model's imuge.json."""
+        from imuge_tf.training import atomic_write_text
+
+        if self.source is None:
+            raise ValueError("this Imuge was not loaded from a folder; nowhere to save")
+        self.thresholds = {**DEFAULT_THRESHOLDS, **thresholds}
+        self.metadata["verdict_thresholds"] = self.thresholds
+        if calibration is not None:
+            self.metadata["calibration"] = calibration
+        atomic_write_text(os.path.join(self.source, "imuge.json"),
+                          json.dumps(self.metadata, indent=2))
+
+    # ------------------------------------------------------------------------- the networks
+    def _working(self, photo: np.ndarray):
+        """The photo as a 1 x S x S x 3 float tensor in [0, 1]."""
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(photo[None], tf.float32) / 255.0
+        return _resize(x, (self.image_size, self.image_size), antialias=True)
+
+    def residual(self, image) -> np.ndarray:
+        """The encoder's residual for `image`, at the working size (S x S x 3 float32)."""
+        photo = check_photo(image)
+        return np.asarray(self.encoder(self._working(photo), training=False))[0]
+
+    def immunize(self, image) -> np.ndarray:
+        """The immunized photo, same size as `image` (uint8)."""
+        import tensorflow as tf
+
+        photo = check_photo(image)
+        height, width = photo.shape[:2]
+        residual = self.encoder(self._working(photo), training=False)
+        residual = _resize(residual, (height, width), antialias=False)
+        immunized = tf.clip_by_value(tf.cast(photo[None], tf.float32) / 255.0 + residual,
+                                     0.0, 1.0)
+        return np.asarray(tf.round(immunized * 255.0), dtype=np.uint8)[0]
+
+    def probability(self, image) -> np.ndarray:
+        """The verifier's tamper probability at the working size (S x S float32)."""
+        photo = check_photo(image)
+        return np.asarray(self.verifier(self._working(photo), training=False))[0, :, :, 0]
+
+    def verify(self, image) -> VerifyResult:
+        """Verdict and tamper mask of a received photo, at its own size."""
+        import tensorflow as tf
+
+        from imuge_tf.postprocess import otsu_threshold, refine_mask
+
+        photo = check_photo(image)
+        height, width = photo.shape[:2]
+        probability = self.probability(photo)
+        flagged = float(np.mean(probability > FLAG_PROBABILITY))
+        if flagged >= self.thresholds["not_immunized_min_fraction"]:
+            verdict, threshold = "not_immunized", FLAG_PROBABILITY
+            mask_small = np.ones_like(probability, dtype=bool)
+        elif flagged < self.thresholds["intact_max_fraction"]:
+            verdict, threshold = "intact", FLAG_PROBABILITY
+            mask_small = np.zeros_like(probability, dtype=bool)
+        else:
+            # Otsu splits the map into its two modes; kept within sensible bounds so that a
+            # map with one weak mode cannot pull the threshold to the noise floor.
+            threshold = float(np.clip(otsu_threshold(probability), 0.2, 0.8))
+            mask_small = refine_mask(probability, threshold=threshold,
+                                     kernel_size=MORPHOLOGY_KERNEL)
+            verdict = "tampered" if mask_small.any() else "intact"
+        full_probability = _resize(probability[None, :, :, None], (height, width),
+                                   antialias=False)
+        full_mask = _resize(tf.constant(mask_small[None, :, :, None], tf.float32),
+                            (height, width), antialias=False)
+        mask = np.asarray(full_mask)[0, :, :, 0] >= 0.5
+        return VerifyResult(
+            verdict=verdict,
+            probability=np.clip(np.asarray(full_probability)[0, :, :, 0], 0, 1)
+            .astype(np.float32),
+            mask=mask,
+            tampered_fraction=float(mask.mean()),
+            flagged_fraction=flagged,
+            threshold=threshold,
+            thresholds=dict(self.thresholds),
+        )
+
+    def recover(self, image, result: VerifyResult | None = None) -> np.ndarray:
+        """The photo with the content inside the tampered area reconstructed (uint8).
+
+        An intact photo comes back unchanged; so does a `not_immunized` one, which has no
+        hidden information to recover from.
+        """
+        photo = check_photo(image)
+        if result is None:
+            result = self.verify(photo)
+        if result.verdict != "tampered":
+            return photo.copy()
+        return self.recover_with_mask(photo, result.mask)
+
+    def recover_with_mask(self, image, mask) -> np.ndarray:
+        """Recovers the content inside a given mask (H x W bool, True = tampered)."""
+        import tensorflow as tf
+
+        from imuge_tf.attacks.tamper import pyramid_fill
+
+        photo = check_photo(image)
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != photo.shape[:2]:
+            raise ValueError(f"mask shape {mask.shape} does not match the photo's "
+                             f"{photo.shape[:2]}")
+        if not mask.any():
+            return photo.copy()
+        height, width = photo.shape[:2]
+        size = (self.image_size, self.image_size)
+        small = self._working(photo)
+        # Any tampered pixel makes its working-size pixel tampered: the decoder must not
+        # trust content mixed with tampered content.
+        small_mask = _resize(tf.constant(mask[None, :, :, None], tf.float32), size,
+                             antialias=True)
+        small_mask = tf.cast(small_mask > 0.05, tf.float32)
+        if self.decoder_prefill:
+            rectified = pyramid_fill(small, small_mask)
+            recovered = tf.clip_by_value(
+                rectified + self.decoder([rectified, small_mask], training=False), 0.0, 1.0)
+        else:
+            recovered = self.decoder([small * (1.0 - small_mask), small_mask], training=False)
+        recovered = _resize(recovered, (height, width), antialias=False)
+        recovered = np.asarray(tf.round(tf.clip_by_value(recovered, 0.0, 1.0) * 255.0),
+                               dtype=np.uint8)[0]
+        return np.where(mask[:, :, None], recovered, photo)
+
+
+def calibrate(imuge: Imuge, photos, *, seed: int = 0, save: bool = True) -> dict:
+    """Measures the verdict thresholds on held-out photos and (by default) stores them.
+
+    For each photo: the flagged fraction of the immunized photo (as saved, and after JPEG 90),
+    of the never-immunized photo, and of an immunized photo with a pasted patch. The intact
+    bound sits above every untampered immunized photo; the not-immunized bound sits halfway
+    between the largest tampered fraction and the smallest never-immunized one.
+    """
+    import tensorflow as tf
+
+    from imuge_tf.attacks.evaluation import apply_attack
+    from imuge_tf.attacks.masks import random_tamper_mask
+
+    untampered, never, tampered = [], [], []
+    photos = [check_photo(photo) for photo in photos]
+    for index, photo in enumerate(photos):
+        immunized = imuge.immunize(photo)
+        for attack in ("none", "jpeg90"):
+            attacked, _ = apply_attack(attack, immunized, seed=index)
+            untampered.append(float(np.mean(imuge.probability(attacked) > FLAG_PROBABILITY)))
+            plain, _ = apply_attack(attack, photo, seed=index)
+            never.append(float(np.mean(imuge.probability(plain) > FLAG_PROBABILITY)))
+        donor = photos[(index + 1) % len(photos)]
+        square = random_tamper_mask(tf.constant([seed, index], tf.int32), imuge.image_size)
+        mask = np.asarray(tf.image.resize(square[None], photo.shape[:2],
+                                          method="nearest"))[0, :, :, 0] > 0.5
+        donor = np.asarray(_resize(donor[None].astype(np.float32), photo.shape[:2],
+                                   antialias=True))[0].round().astype(np.uint8)
+        pasted = np.where(mask[:, :, None], donor, immunized)
+        tampered.append(float(np.mean(imuge.probability(pasted) > FLAG_PROBABILITY)))
+    intact_max = min(max(untampered) * 1.5 + 0.002, 0.05)
+    not_immunized_min = float(np.clip((max(tampered) + min(never)) / 2.0, 0.4, 0.95))
+    thresholds = {"intact_max_fraction": round(intact_max, 6),
+                  "not_immunized_min_fraction": round(not_immunized_min, 6)}
+    calibration = {
+        "photos": len(photos),
+        "untampered_immunized_flagged": [round(v, 6) for v in untampered],
+        "never_immunized_flagged": [round(v, 6) for v in never],
+        "tampered_flagged": [round(v, 6) for v in tampered],
+    }
+    if save:
+        imuge.save_thresholds(thresholds, calibration)
+    return {"thresholds": thresholds, **calibration}

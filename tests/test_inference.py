@@ -1,0 +1,120 @@
+"""The Imuge facade on real photos of any size (plumbing; quality is in test_pretrained.py)."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from imuge_tf.inference import Imuge, ModelNotFoundError, calibrate, check_photo
+
+
+@pytest.fixture(scope="module")
+def imuge(untrained_model_dir):
+    return Imuge.load(untrained_model_dir)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (128, 128), (300, 200)])
+def test_immunize_adds_the_upsampled_working_size_residual(imuge, photos, size):
+    import tensorflow as tf
+
+    photo = np.asarray(tf.image.resize(photos["coffee"][None], size, antialias=True))[0]
+    photo = photo.round().astype(np.uint8)
+    immunized = imuge.immunize(photo)
+    assert immunized.shape == photo.shape and immunized.dtype == np.uint8
+    residual = imuge.residual(photo)
+    assert residual.shape == (imuge.image_size, imuge.image_size, 3)
+    upsampled = np.asarray(tf.image.resize(residual[None], size, method="bilinear"))[0]
+    expected = np.clip(photo / 255.0 + upsampled, 0, 1) * 255.0
+    assert np.abs(immunized.astype(float) - expected).max() <= 0.51
+    assert (immunized != photo).any()  # an untrained encoder still adds something
+
+
+def test_recover_replaces_pixels_only_inside_the_mask(imuge, photos):
+    photo = photos["chelsea"]
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[50:120, 200:330] = True
+    tampered = photo.copy()
+    tampered[mask] = (0, 255, 0)
+    recovered = imuge.recover_with_mask(tampered, mask)
+    assert recovered.shape == photo.shape and recovered.dtype == np.uint8
+    np.testing.assert_array_equal(recovered[~mask], tampered[~mask])
+    # The pre-fill alone already brings the green patch closer to the cat.
+    before = np.abs(tampered[mask].astype(float) - photo[mask]).mean()
+    after = np.abs(recovered[mask].astype(float) - photo[mask]).mean()
+    assert after < before
+    with pytest.raises(ValueError, match="mask shape"):
+        imuge.recover_with_mask(tampered, mask[:10])
+
+
+def test_verify_follows_the_stored_thresholds(imuge, photos):
+    photo = photos["rocket"]
+    flagged = imuge.verify(photo).flagged_fraction
+    saved = dict(imuge.thresholds)
+    try:
+        imuge.thresholds = {"intact_max_fraction": flagged + 0.01,
+                            "not_immunized_min_fraction": 1.01}
+        intact = imuge.verify(photo)
+        assert intact.verdict == "intact" and not intact.mask.any()
+        imuge.thresholds = {"intact_max_fraction": 0.0,
+                            "not_immunized_min_fraction": max(flagged - 0.01, 0.0)}
+        never = imuge.verify(photo)
+        assert never.verdict == "not_immunized" and never.mask.all()
+    finally:
+        imuge.thresholds = saved
+    result = imuge.verify(photo)
+    assert result.probability.shape == photo.shape[:2]
+    assert result.mask.shape == photo.shape[:2]
+    assert 0.0 <= result.probability.min() and result.probability.max() <= 1.0
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert summary["verdict"] in ("intact", "tampered", "not_immunized")
+    assert summary["height"] == photo.shape[0] and summary["width"] == photo.shape[1]
+
+
+def test_recover_leaves_intact_and_not_immunized_photos_alone(imuge, photos):
+    photo = photos["astronaut"]
+    result = imuge.verify(photo)
+    result.verdict = "not_immunized"
+    np.testing.assert_array_equal(imuge.recover(photo, result), photo)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((64, 64, 3), np.float32), "uint8"),
+    (np.zeros((64, 64, 4), np.uint8), "H x W x 3"),
+    (np.zeros((8, 64, 3), np.uint8), "at least"),
+])
+def test_bad_arrays_are_refused_with_a_reason(bad, message):
+    with pytest.raises(ValueError, match=message):
+        check_photo(bad)
+
+
+def test_grayscale_arrays_become_rgb():
+    assert check_photo(np.zeros((20, 30), np.uint8)).shape == (20, 30, 3)
+
+
+def test_missing_or_incomplete_model_folders_are_named(tmp_path, untrained_model_dir):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        Imuge.load(str(tmp_path / "nowhere"))
+    with pytest.raises(ModelNotFoundError, match="no imuge.json"):
+        Imuge.load(str(tmp_path))
+    broken = tmp_path / "work" / "inference"
+    shutil.copytree(untrained_model_dir, broken)
+    os.remove(broken / "decoder.keras")
+    with pytest.raises(ModelNotFoundError, match="decoder.keras"):
+        Imuge.load(str(tmp_path / "work"))  # a work directory resolves to its inference/
+
+
+def test_calibration_is_stored_with_the_weights(tmp_path, untrained_model_dir, photos):
+    folder = tmp_path / "inference"
+    shutil.copytree(untrained_model_dir, folder)
+    imuge = Imuge.load(str(folder))
+    small = [photo[:96, :96] for photo in (photos["coffee"], photos["chelsea"])]
+    report = calibrate(imuge, small)
+    thresholds = report["thresholds"]
+    assert 0 < thresholds["intact_max_fraction"] <= 0.05
+    assert 0.4 <= thresholds["not_immunized_min_fraction"] <= 0.95
+    assert len(report["never_immunized_flagged"]) == 4
+    reloaded = Imuge.load(str(folder))
+    assert reloaded.thresholds == thresholds
+    assert reloaded.metadata["calibration"]["photos"] == 2
