@@ -1,0 +1,111 @@
+"""The training levers beyond the paper (config switches, off by default): each does what its
+docstring says on a real batch."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from imuge_tf import losses
+from imuge_tf.attacks.tamper import pyramid_fill
+from imuge_tf.config import load_config
+from imuge_tf.data import make_dataset
+from imuge_tf.models.factory import build_imuge
+from imuge_tf.samples import sample_photos
+
+
+@pytest.fixture(scope="module")
+def batch():
+    dataset, _ = make_dataset(sample_photos()[:4], image_size=32, batch_size=4, seed=5)
+    return next(iter(dataset))
+
+
+def forward(overrides, batch, decoupled=True):
+    model = build_imuge(load_config("smoke", overrides))
+    outputs = model.forward(batch, stage=tf.constant(4), alpha=tf.constant(1.0),
+                            decoupled=tf.constant(decoupled))
+    return model, outputs
+
+
+def test_the_paper_setting_is_the_default():
+    config = load_config("paper")
+    assert not config.model.decoder_prefill and not config.model.quantize_immunized
+    assert config.loss.immunization_psnr_target == 0.0
+    assert config.attacks.never_immunized_probability == 0.0
+    assert config.attacks.residual_removal_probability == 0.0
+
+
+def test_fidelity_hinge_is_zero_above_the_target_and_grows_below():
+    original = tf.random.stateless_uniform([2, 16, 16, 3], seed=[1, 2])
+    close = original + 0.001  # 60 dB
+    far = original + 0.05  # 26 dB
+    assert float(losses.immunization_hinge_loss(original, close, 36.0)) == 0.0
+    shortfall = float(losses.immunization_hinge_loss(original, far, 36.0))
+    assert shortfall == pytest.approx(36.0 - 26.02, abs=0.05)
+    with tf.GradientTape() as tape:
+        tape.watch(close)
+        loss = losses.immunization_hinge_loss(original, close, 36.0)
+    assert float(tf.reduce_max(tf.abs(tape.gradient(loss, close)))) == 0.0
+
+
+def test_recovery_loss_leaves_out_weighted_samples():
+    original = tf.zeros([2, 8, 8, 3])
+    recovered = tf.concat([tf.zeros([1, 8, 8, 3]), tf.ones([1, 8, 8, 3])], axis=0)
+    mask = tf.ones([2, 8, 8, 1])
+    assert float(losses.recovery_loss(original, recovered, mask)) > 0
+    assert float(losses.recovery_loss(original, recovered, mask,
+                                      sample_weight=tf.constant([1.0, 0.0]))) == 0.0
+
+
+def test_never_immunized_samples_are_wholly_flagged(batch):
+    _, outputs = forward(["attacks.never_immunized_probability=1.0"], batch)
+    assert bool(tf.reduce_all(outputs["never_immunized"]))
+    np.testing.assert_array_equal(outputs["true_mask"].numpy(), 1.0)
+    # Their attacked input is the original photo: nothing of the encoder's residual in it.
+    _, plain = forward(["attacks.never_immunized_probability=1.0",
+                        "attacks.skip_probability=1.0"], batch)
+    np.testing.assert_allclose(plain["attacked"].numpy(), batch["image"].numpy(), atol=1e-6)
+
+
+def test_residual_removal_restores_the_original_inside_the_mask(batch):
+    _, outputs = forward(["attacks.residual_removal_probability=1.0",
+                          "attacks.tampers=[donor]", "attacks.benign=[identity]",
+                          "attacks.skip_probability=0.0"], batch)
+    mask = outputs["true_mask"].numpy() > 0.5
+    inside = np.broadcast_to(mask, outputs["tampered"].shape)
+    np.testing.assert_allclose(outputs["tampered"].numpy()[inside],
+                               batch["image"].numpy()[inside], atol=1e-6)
+    outside = ~inside
+    np.testing.assert_allclose(outputs["tampered"].numpy()[outside],
+                               outputs["immunized"].numpy()[outside], atol=1e-6)
+
+
+def test_prefill_decoder_starts_from_the_push_pull_fill(batch):
+    model, outputs = forward(["model.decoder_prefill=true", "model.progressive_recovery=false"],
+                             batch)
+    filled = pyramid_fill(outputs["attacked"], outputs["true_mask"])
+    # The correction head is zero-initialised: before training, R returns the fill itself.
+    np.testing.assert_allclose(outputs["recovered"].numpy(), filled.numpy(), atol=1e-6)
+    assert model.decoder.output_activation == "tanh"
+
+
+def test_quantized_immunized_images_sit_on_8_bit_levels(batch):
+    _, outputs = forward(["model.quantize_immunized=true"], batch)
+    levels = outputs["immunized"].numpy() * 255.0
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)
+    # ...and the encoder still gets a gradient through the rounding (straight-through).
+    model = build_imuge(load_config("smoke", ["model.quantize_immunized=true"]))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(model.immunize(batch["image"]))
+    gradients = tape.gradient(loss, model.encoder.trainable_variables)
+    assert any(float(tf.reduce_max(tf.abs(g))) > 0 for g in gradients)
+
+
+def test_levers_round_trip_through_get_config():
+    model = build_imuge(load_config("smoke", [
+        "model.decoder_prefill=true", "model.quantize_immunized=true",
+        "loss.immunization_psnr_target=35", "attacks.never_immunized_probability=0.2",
+        "attacks.residual_removal_probability=0.3"]))
+    restored = type(model).from_config(model.get_config())
+    for name in ("decoder_prefill", "quantize_immunized", "immunization_psnr_target",
+                 "never_immunized_probability", "residual_removal_probability"):
+        assert getattr(restored, name) == getattr(model, name)
