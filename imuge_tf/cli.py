@@ -1,19 +1,61 @@
 """The `imuge` command (and `python train.py`, which is `imuge train`).
 
-Exit codes: 0 success, 1 unexpected internal error, 2 bad input (arguments, config, data,
-work directory), 130 interrupted.
+Subcommands: train, immunize, verify, recover, tamper, evaluate, demo. The image commands take
+many files and folders per call, show a progress bar, report a file that fails in one line on
+stderr and go on with the rest, and end with a summary (or one JSON document with --json).
+Exit codes are listed in EXIT_CODES_HELP (`imuge --help`).
+
+TensorFlow and Keras are imported inside the commands that need them, so `imuge --help` and
+errors found before any model is loaded (bad arguments, outputs that already exist) are fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import os
 import sys
+import textwrap
+import traceback
 
 EXIT_OK = 0
-EXIT_INTERNAL = 1
+EXIT_INTERNAL = 1  # train: an unexpected error (Python's exit status after a traceback)
+EXIT_TAMPERED = 1
 EXIT_BAD_INPUT = 2
+EXIT_NOT_IMMUNIZED = 3
+EXIT_BUG = 4
 EXIT_INTERRUPTED = 130
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success; verify: every photo is intact
+  1    verify: at least one photo is tampered
+  2    bad arguments or input, or some file failed (one line each on stderr; the other
+       files were still processed); verify: takes precedence over 1 and 3, since the
+       check is incomplete
+  3    verify: at least one photo is not immunized, and none is tampered
+  4    unexpected internal error (a bug: the traceback is printed)
+  130  interrupted
+train keeps its own: 0 done, 1 unexpected error, 2 bad input, 130 interrupted.
+"""
+
+# Names of imuge_tf.attacks.tamper.TAMPERS, repeated here so that parsing imports no TensorFlow
+# (a test checks that both lists agree).
+TAMPER_KINDS = ("donor", "colour", "clone", "copy_move", "splice", "removal")
+OUTPUT_FORMATS = ("png", "bmp", "tif", "tiff", "jpg", "jpeg", "webp")
+# Tamper masks are drawn on a square canvas of at most this side, then scaled to the photo.
+TAMPER_MASK_CANVAS = 512
+DEFAULT_DEMO_DIR = "imuge-demo"
+
+
+class CommandError(Exception):
+    """An expected failure of a whole command: one line on stderr, exit code 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# train (unchanged)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,14 +90,616 @@ def run_train(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------
+# Inputs, outputs, reporting
+
+
+@dataclasses.dataclass
+class Job:
+    """One input file and the files the command will write for it."""
+
+    source: str
+    outputs: dict  # role -> path
+
+
+def find_inputs(inputs):
+    """Image files named by `inputs` (files, or folders searched recursively).
+
+    Returns (files, problems): files as (path, name) pairs, where name is the output name
+    without suffix (the file's stem, or its path relative to the folder given, so that a
+    folder's structure is mirrored in the output folder); problems as (input, message) pairs
+    for missing inputs and folders without images. A file named explicitly is taken whatever
+    its suffix (reading it says whether it is an image); in folders, hidden files and folders
+    are skipped and files count by suffix (imuge_tf.io.IMAGE_EXTENSIONS).
+    """
+    from imuge_tf.io import IMAGE_EXTENSIONS
+
+    files, problems, seen = [], [], set()
+
+    def add(path, name):
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            files.append((path, name))
+
+    for given in inputs:
+        if os.path.isfile(given):
+            add(given, os.path.splitext(os.path.basename(given))[0])
+        elif os.path.isdir(given):
+            found = []
+            visited = set()
+            for root, dirs, names in os.walk(given, followlinks=True):
+                real = os.path.realpath(root)
+                if real in visited:  # a symlink loop
+                    dirs[:] = []
+                    continue
+                visited.add(real)
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in names:
+                    if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                        found.append(os.path.join(root, name))
+            if not found:
+                problems.append((given, f"{given}: no image files in this folder"))
+            for path in sorted(found):
+                relative = os.path.relpath(path, given)
+                add(path, os.path.splitext(relative)[0])
+        elif os.path.exists(given):
+            problems.append((given, f"{given}: not a regular file or folder"))
+        else:
+            problems.append((given, f"{given}: no such file or folder"))
+    return files, problems
+
+
+def plan_outputs(files, out_dir, suffixes, force):
+    """Jobs for `files` with outputs `out_dir/<name><suffix>` for each role in `suffixes`.
+
+    Returns (jobs, problems). A file is refused (a problem, not a job) when one of its outputs
+    would overwrite an input (even with force), would be written for another input too, or
+    already exists without `force`; checking this before any model is loaded keeps such
+    mistakes fast and keeps inputs safe.
+    """
+    inputs = {os.path.realpath(path) for path, _ in files}
+    claimed = {}
+    jobs, problems = [], []
+    for path, name in files:
+        outputs = {} if out_dir is None else {
+            role: os.path.join(out_dir, name + suffix) for role, suffix in suffixes.items()}
+        problem = None
+        for output in outputs.values():
+            real = os.path.realpath(output)
+            if real in inputs:
+                problem = f"{path}: output {output} would overwrite an input; choose another --out"
+            elif real in claimed:
+                problem = f"{path}: output {output} is also the output of {claimed[real]}"
+            elif not force and os.path.lexists(output):
+                problem = f"{path}: output {output} already exists (use --force to overwrite)"
+            if problem:
+                break
+        if problem:
+            problems.append((path, problem))
+            continue
+        for output in outputs.values():
+            claimed[os.path.realpath(output)] = path
+        jobs.append(Job(path, outputs))
+    return jobs, problems
+
+
+def _json_ready(value):
+    """Numpy scalars and arrays as Python values, NaN and infinities as None."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _one_line(error):
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+class Reporter:
+    """Progress bar, per-file lines and the final report of one command."""
+
+    def __init__(self, args, command):
+        self.command = command
+        self.json = bool(getattr(args, "json", False))
+        # A bar only for a person watching: not in JSON mode, not into a log file.
+        self.show_progress = not self.json and sys.stderr.isatty()
+        self.records = []
+
+    def _write(self, text, stream):
+        from tqdm.auto import tqdm
+
+        # tqdm.write keeps the bar intact below the line.
+        tqdm.write(text, file=stream)
+
+    def say(self, text):
+        """A line for a person (stdout); silent in JSON mode."""
+        if not self.json:
+            self._write(text, sys.stdout)
+
+    def fail(self, path, message):
+        self._write(f"error: {message}", sys.stderr)
+        self.records.append({"input": path, "status": "failed", "error": message})
+
+    def done(self, path, **fields):
+        self.records.append({"input": path, "status": "ok", **fields})
+
+    @property
+    def failed(self):
+        return sum(record["status"] == "failed" for record in self.records)
+
+    def progress(self, items, description):
+        from tqdm.auto import tqdm
+
+        return tqdm(items, desc=description, unit="img", file=sys.stderr,
+                    disable=not self.show_progress)
+
+    def finish(self, code, summary, text):
+        """Prints the summary line (or the JSON report) and returns the exit code."""
+        if self.json:
+            report = {"command": self.command, "exit_code": code, "summary": summary,
+                      "files": self.records}
+            print(json.dumps(_json_ready(report), indent=2))
+        else:
+            print(text)
+        return code
+
+
+def load_model(path):
+    """The Imuge at `path` (a work directory or its inference/ folder), or the shipped one."""
+    from imuge_tf.inference import Imuge
+
+    return Imuge.from_pretrained() if path is None else Imuge.load(path)
+
+
+def _make_folder(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"cannot create output folder {path}: "
+                           f"{error.strerror or error}") from None
+
+
+def run_batch(args, command, suffixes, process):
+    """Runs `process(imuge, image, job, reporter)` on every input; returns the Reporter.
+
+    Problems found before the model loads (missing inputs, outputs that exist) and files that
+    fail later are reported one line each; the other files are processed.
+    """
+    from imuge_tf.io import ImageReadError, ImageWriteError, read_image
+
+    reporter = Reporter(args, command)
+    files, problems = find_inputs(args.inputs)
+    out_dir = args.out
+    jobs, more = plan_outputs(files, out_dir, suffixes, getattr(args, "force", False))
+    for path, message in problems + more:
+        reporter.fail(path, message)
+    if not jobs:
+        return reporter
+    if out_dir is not None:
+        _make_folder(out_dir)
+    imuge = load_model(args.model)
+    for job in reporter.progress(jobs, command):
+        try:
+            image = read_image(job.source)
+            process(imuge, image, job, reporter)
+        except (ImageReadError, ImageWriteError) as error:
+            reporter.fail(job.source, _one_line(error))
+        except Exception as error:  # noqa: BLE001 - one file must not stop the others
+            reporter.fail(job.source, f"{job.source}: failed ({type(error).__name__}: "
+                                      f"{_one_line(error)})")
+    return reporter
+
+
+def _counted(reporter, verb, out_dir):
+    done = len(reporter.records) - reporter.failed
+    text = f"{verb} {done} of {len(reporter.records)} file(s)"
+    if out_dir:
+        text += f" into {out_dir}"
+    if reporter.failed:
+        text += f" ({reporter.failed} failed)"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# immunize / verify / recover
+
+
+def run_immunize(args) -> int:
+    from imuge_tf.io import ImageWriteError, image_format, write_image
+
+    suffix = "." + args.format
+    # Refuse a lossy format before anything else happens.
+    try:
+        image_format("output" + suffix, allow_lossy=args.allow_lossy)
+    except ImageWriteError as error:
+        reason = str(error).split(": ", 1)[-1]
+        raise CommandError(f"--format {args.format}: {reason}") from None
+
+    def process(imuge, image, job, reporter):
+        protected = imuge.immunize(image)
+        write_image(job.outputs["image"], protected, force=args.force,
+                    allow_lossy=args.allow_lossy)
+        reporter.done(job.source, output=job.outputs["image"])
+
+    reporter = run_batch(args, "immunize", {"image": suffix}, process)
+    code = EXIT_BAD_INPUT if reporter.failed or not reporter.records else EXIT_OK
+    summary = {"files": len(reporter.records), "failed": reporter.failed, "out": args.out}
+    return reporter.finish(code, summary, _counted(reporter, "immunized", args.out))
+
+
+VERIFY_SUFFIXES = {"mask": ".mask.png", "overlay": ".overlay.png", "json": ".json"}
+
+
+def verify_exit_code(verdicts, failed):
+    """The exit code of `imuge verify` for the verdicts found and the number of failed files."""
+    if failed or not verdicts:
+        return EXIT_BAD_INPUT
+    if "tampered" in verdicts:
+        return EXIT_TAMPERED
+    if "not_immunized" in verdicts:
+        return EXIT_NOT_IMMUNIZED
+    return EXIT_OK
+
+
+def run_verify(args) -> int:
+    from imuge_tf.io import mask_to_image, overlay, write_image, write_text_atomic
+
+    def process(imuge, image, job, reporter):
+        result = imuge.verify(image)
+        summary = result.to_dict()
+        if job.outputs:
+            write_image(job.outputs["mask"], mask_to_image(result.mask), force=args.force)
+            write_image(job.outputs["overlay"], overlay(image, result.mask), force=args.force)
+            report = {"input": job.source, **summary,
+                      "outputs": {k: v for k, v in job.outputs.items() if k != "json"}}
+            # Written last: a JSON report means the image outputs are complete.
+            write_text_atomic(job.outputs["json"],
+                              json.dumps(_json_ready(report), indent=2) + "\n",
+                              force=args.force)
+        reporter.done(job.source, **summary, outputs=job.outputs)
+        share = 100.0 * float(result.tampered_fraction)
+        detail = f" ({share:.1f} % of the pixels)" if result.verdict == "tampered" else ""
+        reporter.say(f"{job.source}: {result.verdict}{detail}")
+
+    reporter = run_batch(args, "verify", VERIFY_SUFFIXES, process)
+    verdicts = [r["verdict"] for r in reporter.records if r["status"] == "ok"]
+    counts = {v: verdicts.count(v) for v in ("intact", "tampered", "not_immunized")}
+    code = verify_exit_code(verdicts, reporter.failed)
+    text = (f"verified {len(verdicts)} of {len(reporter.records)} file(s): "
+            f"{counts['intact']} intact, {counts['tampered']} tampered, "
+            f"{counts['not_immunized']} not immunized, {reporter.failed} failed")
+    summary = {"files": len(reporter.records), "failed": reporter.failed, **counts,
+               "out": args.out}
+    return reporter.finish(code, summary, text)
+
+
+def run_recover(args) -> int:
+    from imuge_tf.io import write_image
+
+    def process(imuge, image, job, reporter):
+        result = imuge.verify(image)
+        recovered = imuge.recover(image, result)
+        write_image(job.outputs["image"], recovered, force=args.force)
+        reporter.done(job.source, verdict=result.verdict,
+                      tampered_fraction=float(result.tampered_fraction),
+                      output=job.outputs["image"])
+
+    reporter = run_batch(args, "recover", {"image": ".recovered.png"}, process)
+    code = EXIT_BAD_INPUT if reporter.failed or not reporter.records else EXIT_OK
+    restored = sum(r.get("verdict") == "tampered" for r in reporter.records)
+    text = _counted(reporter, "recovered", args.out)
+    text += f"; content restored in {restored} tampered photo(s), the others copied unchanged"
+    summary = {"files": len(reporter.records), "failed": reporter.failed,
+               "tampered": restored, "out": args.out}
+    return reporter.finish(code, summary, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# tamper
+
+
+def object_mask(seed, height, width):
+    """A random object-shaped tamper mask (bool H x W) from imuge_tf.attacks.masks.
+
+    Drawn on a square canvas (the masks module draws squares), scaled to the photo with
+    bilinear interpolation and thresholded, so edges stay smooth on large photos.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from imuge_tf.attacks.masks import random_tamper_mask
+
+    side = max(16, min(TAMPER_MASK_CANVAS, max(height, width)))
+    square = random_tamper_mask(tf.constant([seed, 0x7A3], tf.int64), side,
+                                shapes=("rectangle", "ellipse", "polygon", "blob"))
+    scaled = tf.image.resize(square[None], (height, width), method="bilinear")
+    return np.asarray(scaled)[0, :, :, 0] >= 0.5
+
+
+def donor_photo(seed, height, width):
+    """A bundled photo (chosen by `seed`) scaled and centre-cropped to height x width."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from imuge_tf.samples import SAMPLE_PHOTO_NAMES, sample_photo
+
+    name = SAMPLE_PHOTO_NAMES[seed % len(SAMPLE_PHOTO_NAMES)]
+    fitted = ImageOps.fit(Image.fromarray(sample_photo(name)), (width, height),
+                          Image.Resampling.BICUBIC)
+    return np.asarray(fitted, dtype=np.uint8)
+
+
+def make_tamper(kind, image, mask, donor, seed):
+    """`image` (uint8) tampered by `kind` inside `mask`; pixels outside the mask unchanged."""
+    import numpy as np
+    import tensorflow as tf
+
+    from imuge_tf.attacks.tamper import TAMPERS
+
+    images = tf.convert_to_tensor(image[None].astype(np.float32) / 255.0)
+    donors = tf.convert_to_tensor(donor[None].astype(np.float32) / 255.0)
+    masks = tf.constant(mask[None, :, :, None], tf.float32)
+    seeds = tf.constant([[seed % 2**31, TAMPER_KINDS.index(kind)]], tf.int32)
+    tampered = TAMPERS[kind](images, donors, masks, seeds)
+    tampered = np.asarray(tf.round(tf.clip_by_value(tampered, 0.0, 1.0) * 255.0))[0]
+    # The composite is exact outside a binary mask; copy those pixels anyway so that the
+    # untouched area is bit-identical whatever the float rounding.
+    return np.where(mask[..., None], tampered.astype(np.uint8), image)
+
+
+def run_tamper(args) -> int:
+    from imuge_tf.io import mask_to_image, read_image, write_image
+
+    reporter = Reporter(args, "tamper")
+    kinds = TAMPER_KINDS if args.kind == "all" else (args.kind,)
+    stem = os.path.splitext(os.path.basename(args.input))[0]
+    files = [(args.input, stem)]
+    suffixes = {}
+    for kind in kinds:
+        suffixes[kind] = f".{kind}.png"
+        suffixes[f"{kind}_mask"] = f".{kind}.true-mask.png"
+    jobs, problems = plan_outputs(files, args.out, suffixes, args.force)
+    if problems:
+        raise CommandError(problems[0][1])
+    outputs = jobs[0].outputs
+    image = read_image(args.input)
+    height, width = image.shape[:2]
+    _make_folder(args.out)
+    mask = object_mask(args.seed, height, width)
+    donor = donor_photo(args.seed, height, width)
+    written = []
+    for kind in reporter.progress(kinds, "tamper"):
+        tampered = make_tamper(kind, image, mask, donor, args.seed)
+        write_image(outputs[kind], tampered, force=args.force)
+        write_image(outputs[f"{kind}_mask"], mask_to_image(mask), force=args.force)
+        written.append({"kind": kind, "image": outputs[kind],
+                        "true_mask": outputs[f"{kind}_mask"]})
+    share = float(mask.mean())
+    reporter.done(args.input, tampered_fraction=share, outputs=written)
+    text = (f"wrote {len(written)} tampered version(s) of {args.input} into {args.out} "
+            f"({100 * share:.1f} % of the pixels tampered; true masks in *.true-mask.png)")
+    return reporter.finish(EXIT_OK, {"kinds": list(kinds), "tampered_fraction": share,
+                                     "out": args.out}, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate / demo
+
+
+def _check_out_folder(path, force, marker):
+    """Refuses an output folder that already holds results (its `marker` file), unless
+    `force`."""
+    if force or not os.path.exists(path):
+        return
+    if not os.path.isdir(path):
+        raise CommandError(f"--out {path} exists and is not a folder")
+    if os.path.exists(os.path.join(path, marker)):
+        raise CommandError(f"output folder {path} already holds results ({marker}); use "
+                           "--force to overwrite them")
+
+
+def _scalars(mapping, prefix=""):
+    """`key: value` lines for the numbers and strings of a nested summary."""
+    lines = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            lines += _scalars(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            shown = f"{value:.4g}" if isinstance(value, float) else value
+            lines.append(f"  {prefix}{key}: {shown}")
+    return lines
+
+
+def run_evaluate(args) -> int:
+    if not os.path.exists(args.data):
+        raise CommandError(f"--data {args.data}: no such file or folder")
+    files, problems = find_inputs([args.data])
+    if problems:
+        raise CommandError(problems[0][1])
+    _check_out_folder(args.out, args.force, marker="results.json")
+    imuge = load_model(args.model)
+    from imuge_tf import evaluation
+
+    reporter = Reporter(args, "evaluate")
+    try:
+        summary = evaluation.run_evaluation(
+            imuge, [path for path, _ in files], args.out, limit=args.limit, seed=args.seed,
+            quick=args.quick, progress=reporter.show_progress)
+    except ValueError as error:  # unusable photos or arguments, as run_evaluation says
+        raise CommandError(_one_line(error)) from None
+    format_table = getattr(evaluation, "format_table", None)
+    text = format_table(summary).rstrip("\n") + "\n" if format_table else ""
+    text += f"evaluation written to {args.out}"
+    if reporter.json:
+        print(json.dumps(_json_ready({"command": "evaluate", "exit_code": EXIT_OK,
+                                      "out": args.out, "summary": summary}), indent=2))
+    else:
+        print(text)
+    return EXIT_OK
+
+
+def run_demo(args) -> int:
+    _check_out_folder(args.out, args.force, marker="demo.png")
+    imuge = load_model(args.model)
+    from imuge_tf import demo
+
+    reporter = Reporter(args, "demo")
+    metrics = demo.run_demo(imuge, args.out, progress=reporter.show_progress)
+    if reporter.json:
+        print(json.dumps(_json_ready({"command": "demo", "exit_code": EXIT_OK,
+                                      "out": args.out, "metrics": metrics}), indent=2))
+    else:
+        print("\n".join([f"demo written to {args.out}", *_scalars(metrics)]))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _wrap(text):
+    # The raw formatter keeps the exit-code table as written; descriptions are wrapped here.
+    return textwrap.fill(text, 88)
+
+
+def _add_common(parser, model=True):
+    if model:
+        parser.add_argument("--model", default=None, metavar="PATH",
+                            help="a training work directory or its inference/ folder "
+                                 "(default: the shipped demo weights)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout (no progress bar)")
+
+
+def _add_image_command(commands, name, help_text, description, out_required=True):
+    parser = commands.add_parser(name, help=help_text, description=_wrap(description),
+                                 epilog=EXIT_CODES_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, or folders searched recursively for .jpg, .jpeg, "
+                             ".png, .bmp, .tif, .tiff, .webp")
+    parser.add_argument("--out", required=out_required, default=None, metavar="DIR",
+                        help="output folder (created); a folder's structure is mirrored")
+    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_common(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="imuge", description="Immunize photos against tampering; find and undo tampers.")
+        prog="imuge", description="Immunize photos against tampering; find and undo tampers.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from imuge_tf import __version__
+
+    parser.add_argument("--version", action="version", version=f"imuge {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train_parser = commands.add_parser("train", help="train (or resume) a model")
     add_train_arguments(train_parser)
-    train_parser.set_defaults(handler=run_train)
+    train_parser.set_defaults(handler=run_train, runner=run)
+
+    immunize = _add_image_command(
+        commands, "immunize", "immunize photos (lossless output)",
+        "Writes an immunized copy of each photo as OUT/<name>.<format>. Immunized photos must "
+        "be stored losslessly: the hidden information is a few 8-bit levels.")
+    immunize.add_argument("--format", default="png", choices=OUTPUT_FORMATS,
+                          help="output format (default: png); jpg, jpeg and webp are lossy "
+                               "and need --allow-lossy")
+    immunize.add_argument("--allow-lossy", action="store_true",
+                          help="allow a lossy output format although it destroys the "
+                               "immunization")
+    immunize.set_defaults(handler=run_immunize, runner=run_image_command)
+
+    verify = _add_image_command(
+        commands, "verify", "verdict and tamper mask of received photos",
+        "Prints intact / tampered / not_immunized for each photo. With --out, also writes "
+        "OUT/<name>.mask.png (white = tampered), OUT/<name>.overlay.png (tampered area in red) "
+        "and OUT/<name>.json.", out_required=False)
+    verify.set_defaults(handler=run_verify, runner=run_image_command)
+
+    recover = _add_image_command(
+        commands, "recover", "restore the original content of tampered areas",
+        "Verifies each photo and writes OUT/<name>.recovered.png: the tampered areas "
+        "reconstructed, everything else unchanged (intact photos are copied as they are).")
+    recover.set_defaults(handler=run_recover, runner=run_image_command)
+
+    tamper = commands.add_parser(
+        "tamper", help="make demo tampers of an (immunized) photo",
+        description=_wrap("Tampers a photo inside a random object-shaped mask and writes "
+                    "OUT/<name>.<kind>.png and the true mask OUT/<name>.<kind>.true-mask.png. "
+                    "Kinds: donor (content of another photo), colour (a flat colour), clone "
+                    "(clone stamp), copy_move, splice (colour-matched donor), removal "
+                    "(inpainted from the surroundings)."),
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tamper.add_argument("input", metavar="INPUT", help="the photo to tamper with")
+    tamper.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
+    tamper.add_argument("--kind", default="donor", choices=(*TAMPER_KINDS, "all"),
+                        help="what to paste into the mask (default: donor)")
+    tamper.add_argument("--seed", type=_seed, default=0,
+                        help="random seed of the mask, donor and colours (default: 0)")
+    tamper.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_common(tamper, model=False)
+    tamper.set_defaults(handler=run_tamper, runner=run_image_command)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="the paper's evaluation protocol on held-out photos",
+        description=_wrap("Immunizes, tampers, attacks (JPEG, resizing, cropping, blur, noise), "
+                    "verifies and recovers held-out photos; writes table.txt, results.csv, "
+                    "results.json and figures/ under OUT."),
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--data", required=True, metavar="DIR",
+                          help="folder of held-out photos (searched recursively)")
+    evaluate.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    evaluate.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                          help="evaluate at most N photos")
+    evaluate.add_argument("--quick", action="store_true",
+                          help="a few attacks and photos only: a fast check")
+    evaluate.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    evaluate.add_argument("--force", action="store_true", help="overwrite earlier results")
+    _add_common(evaluate)
+    evaluate.set_defaults(handler=run_evaluate, runner=run_image_command)
+
+    demo = commands.add_parser(
+        "demo", help="immunize, tamper, verify and recover a sample photo",
+        description=_wrap("Runs the whole pipeline on a bundled photo and writes a panel "
+                          "figure."),
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR",
+                      help=f"output folder (default: {DEFAULT_DEMO_DIR})")
+    demo.add_argument("--force", action="store_true", help="overwrite earlier results")
+    _add_common(demo)
+    demo.set_defaults(handler=run_demo, runner=run_image_command)
     return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
 
 
 def _known_errors():
@@ -80,9 +724,50 @@ def run(handler, args) -> int:
         return EXIT_BAD_INPUT
 
 
+def _expected_errors():
+    """Exception types that mean bad input, not a bug: they get one line, not a traceback.
+
+    Only modules already imported can have raised their errors, so nothing is imported here
+    (importing imuge_tf.data would load TensorFlow just to print an error).
+    """
+    errors = [CommandError, OSError]
+    for module, name in (("imuge_tf.io", "ImageReadError"), ("imuge_tf.io", "ImageWriteError"),
+                         ("imuge_tf.inference", "ModelNotFoundError"),
+                         ("imuge_tf.config", "ConfigError"), ("imuge_tf.data", "DataError"),
+                         ("imuge_tf.training", "TrainingError")):
+        loaded = sys.modules.get(module)
+        if loaded is not None and hasattr(loaded, name):
+            errors.append(getattr(loaded, name))
+    return tuple(errors)
+
+
+def run_image_command(handler, args) -> int:
+    """Runs an image command: expected errors are one line and exit 2, bugs exit 4."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        # Every file written so far is complete (writes are atomic); nothing half-written.
+        print("interrupted; the outputs written so far are complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - sorted into expected errors and bugs below
+        if isinstance(error, _expected_errors()):
+            message = _one_line(error)
+            code = EXIT_BAD_INPUT
+        else:
+            traceback.print_exc()
+            message = f"internal error ({type(error).__name__}: {_one_line(error)})"
+            code = EXIT_BUG
+        print(f"error: {message}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"command": args.command, "exit_code": code, "error": message},
+                             indent=2))
+        return code
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run(args.handler, args)
+    return args.runner(args.handler, args)
 
 
 def train_main(argv=None) -> int:

@@ -1,0 +1,348 @@
+"""The `imuge` command, run as a user runs it: `python -m imuge_tf.cli ...` in a subprocess.
+
+The model is a real Imuge folder (encoder.keras, verifier.keras, decoder.keras, imuge.json)
+loaded by the real `Imuge.load`, but with hand-set 1x1-convolution networks instead of trained
+ones, so that verdicts are known in advance: the encoder adds a constant residual of about
++2.5 levels, the verifier flags saturated red pixels only, the decoder paints mid-grey. A
+trained smoke model would give arbitrary verdicts.
+
+Each subprocess that loads a model costs a TensorFlow import (~10 s here), so the exit codes
+that need no new subprocess are also checked in-process through `cli.main`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imuge_tf import cli
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+SIZE = 64  # photos on disk
+WORKING = 32  # the fake model's image_size
+RED_SQUARE = (slice(16, 48), slice(16, 48))
+
+
+def imuge(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "imuge_tf.cli", *map(str, args)],
+                          capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def calm_photo(seed=0):
+    """A smooth photo with no saturated red anywhere: the fake verifier finds nothing."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    rng = np.random.default_rng(seed)
+    image = np.stack([0.3 + 0.2 * x, 0.4 + 0.2 * y, 0.5 + 0.1 * x * y], axis=-1)
+    image += rng.uniform(-0.02, 0.02, image.shape)
+    return np.rint(image * 255).astype(np.uint8)
+
+
+def with_red_square(image):
+    tampered = image.copy()
+    tampered[RED_SQUARE] = (255, 0, 0)
+    return tampered
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    import keras
+
+    folder = tmp_path_factory.mktemp("model")
+
+    def one_by_one(inputs, channels, kernel, bias, activation, name):
+        layer = keras.layers.Conv2D(channels, 1, activation=activation, name=name)
+        outputs = layer(inputs)
+        layer.set_weights([np.asarray(kernel, np.float32).reshape(1, 1, -1, channels),
+                           np.asarray(bias, np.float32)])
+        return outputs
+
+    image = keras.Input((WORKING, WORKING, 3), name="image")
+    residual = one_by_one(image, 3, np.zeros((3, 3)), [0.01] * 3, "tanh", "residual")
+    keras.Model(image, residual).save(folder / "encoder.keras")
+    # p = sigmoid(20 (r - g - b) - 10): about 1 for pure red, about 0 for the calm photos.
+    probability = one_by_one(image, 1, [20.0, -20.0, -20.0], [-10.0], "sigmoid", "tamper")
+    keras.Model(image, probability).save(folder / "verifier.keras")
+    rectified = keras.Input((WORKING, WORKING, 3), name="rectified")
+    mask = keras.Input((WORKING, WORKING, 1), name="mask")
+    joined = keras.layers.Concatenate(name="joined")([rectified, mask])
+    recovered = one_by_one(joined, 3, np.zeros((4, 3)), [0.0] * 3, "sigmoid", "recovered")
+    keras.Model([rectified, mask], recovered).save(folder / "decoder.keras")
+    (folder / "imuge.json").write_text(json.dumps(
+        {"format_version": 1, "image_size": WORKING, "step": 0,
+         "config": {"model": {"image_size": WORKING}}}))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """Good photos in three formats (one in a subfolder), a corrupt and an empty file."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub").mkdir()
+    Image.fromarray(calm_photo(0)).save(root / "calm.png")
+    Image.fromarray(calm_photo(1)).save(root / "second.bmp")
+    Image.fromarray(calm_photo(2)).save(root / "sub" / "third.tiff")
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300))
+    (root / "empty.png").write_bytes(b"")
+    return root
+
+
+@pytest.fixture(scope="session")
+def immunized(photos, tmp_path_factory, model_dir):
+    """`imuge immunize` on the whole folder, with --json: (result, out folder)."""
+    out = tmp_path_factory.mktemp("immunized")
+    result = imuge("immunize", photos, "--out", out, "--model", model_dir, "--json")
+    return result, out
+
+
+def test_help_is_fast_and_documents_exit_codes():
+    result = imuge("--help")
+    assert result.returncode == 0
+    for line in ("0    success", "1    verify: at least one photo is tampered",
+                 "3    verify: at least one photo is not immunized"):
+        assert line in result.stdout
+    for command in ("immunize", "verify", "recover", "tamper", "evaluate", "demo", "train"):
+        assert command in result.stdout
+    # Parsing imports neither TensorFlow nor Keras.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from imuge_tf import cli; "
+         "cli.build_parser().parse_args(['verify', 'x']); "
+         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"],
+        capture_output=True, text=True, env=ENV, timeout=120)
+    assert probe.stdout.strip() == "[]", probe.stderr
+
+
+def test_immunize_folder_skips_bad_files(immunized, photos):
+    result, out = immunized
+    assert result.returncode == 2, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 2, result.stderr
+    assert any("corrupt.jpg" in line for line in errors)
+    assert any("empty.png" in line and "empty file" in line for line in errors)
+    assert "Traceback" not in result.stderr
+
+    report = json.loads(result.stdout)
+    assert report["command"] == "immunize" and report["exit_code"] == 2
+    assert report["summary"]["failed"] == 2
+    status = {os.path.basename(r["input"]): r["status"] for r in report["files"]}
+    assert status == {"calm.png": "ok", "second.bmp": "ok", "third.tiff": "ok",
+                      "corrupt.jpg": "failed", "empty.png": "failed"}
+
+    written = sorted(os.path.relpath(os.path.join(d, f), out)
+                     for d, _, files in os.walk(out) for f in files)
+    assert written == ["calm.png", "second.png", os.path.join("sub", "third.png")]
+    # The fake encoder adds tanh(0.01) = 2.55 levels everywhere: the photo was immunized.
+    original = np.asarray(Image.open(photos / "calm.png"), np.int16)
+    protected = np.asarray(Image.open(out / "calm.png"), np.int16)
+    assert protected.shape == original.shape
+    assert set(np.unique(protected - original)) <= {2, 3}
+
+
+def test_existing_outputs_and_lossy_formats_are_refused(immunized, photos, model_dir):
+    _, out = immunized
+    before = (out / "calm.png").read_bytes()
+    start = time.monotonic()
+    result = imuge("immunize", photos / "calm.png", photos / "second.bmp", "--out", out,
+                   "--model", model_dir)
+    assert result.returncode == 2
+    errors = error_lines(result.stderr)
+    assert len(errors) == 2 and all("already exists" in line for line in errors)
+    assert "immunized 0 of 2 file(s)" in result.stdout
+    assert (out / "calm.png").read_bytes() == before
+    # Refused before any model is loaded: no TensorFlow import.
+    assert time.monotonic() - start < 8
+
+    lossy = out.parent / "lossy"
+    result = imuge("immunize", photos / "calm.png", "--out", lossy, "--format", "jpg",
+                   "--model", model_dir)
+    assert result.returncode == 2
+    assert "lossy" in result.stderr and "immunization" in result.stderr
+    assert not lossy.exists()
+
+    # An output may never replace an input, not even with --force.
+    result = imuge("immunize", photos / "calm.png", "--out", photos, "--force",
+                   "--model", model_dir)
+    assert result.returncode == 2 and "would overwrite an input" in result.stderr
+
+
+def test_missing_model_and_inputs_are_one_line_errors(photos, tmp_path):
+    result = imuge("verify", photos / "calm.png", "--model", tmp_path / "nowhere", "--json")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert len(error_lines(result.stderr)) == 1 and "nowhere" in result.stderr
+    assert json.loads(result.stdout)["exit_code"] == 2
+
+    result = imuge("verify", tmp_path / "missing.png")
+    assert result.returncode == 2 and "no such file or folder" in result.stderr
+    assert imuge("verify").returncode == 2  # argparse: INPUT is required
+
+
+def test_verify_finds_tampered_and_not_immunized(immunized, model_dir, tmp_path):
+    _, out = immunized
+    received = tmp_path / "received"
+    received.mkdir()
+    protected = np.asarray(Image.open(out / "calm.png"))
+    Image.fromarray(protected).save(received / "intact.png")
+    Image.fromarray(with_red_square(protected)).save(received / "tampered.png")
+    Image.fromarray(np.full((SIZE, SIZE, 3), (255, 0, 0), np.uint8)).save(
+        received / "red.png")
+    results = tmp_path / "results"
+
+    result = imuge("verify", received, "--out", results, "--model", model_dir, "--json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    verdicts = {os.path.basename(r["input"]): r["verdict"] for r in report["files"]}
+    assert verdicts == {"intact.png": "intact", "tampered.png": "tampered",
+                        "red.png": "not_immunized"}
+    assert report["summary"]["tampered"] == 1
+
+    for name in ("intact", "tampered", "red"):
+        for suffix in (".mask.png", ".overlay.png", ".json"):
+            assert (results / f"{name}{suffix}").is_file()
+    mask = np.asarray(Image.open(results / "tampered.mask.png")) > 127
+    truth = np.zeros((SIZE, SIZE), bool)
+    truth[RED_SQUARE] = True
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.8
+    assert not np.asarray(Image.open(results / "intact.mask.png")).any()
+    saved = json.loads((results / "tampered.json").read_text())
+    assert saved["verdict"] == "tampered" and saved["input"].endswith("tampered.png")
+
+    # In-process (the same code path as the command): the other exit codes.
+    assert cli.main(["verify", str(received / "intact.png"), "--model", str(model_dir)]) == 0
+    assert cli.main(["verify", str(received / "intact.png"), str(received / "red.png"),
+                     "--model", str(model_dir)]) == 3
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    assert cli.main(["verify", str(received / "tampered.png"), str(broken),
+                     "--model", str(model_dir)]) == 2
+
+
+def test_verify_exit_code_rules():
+    assert cli.verify_exit_code(["intact", "intact"], 0) == 0
+    assert cli.verify_exit_code(["intact", "tampered", "not_immunized"], 0) == 1
+    assert cli.verify_exit_code(["not_immunized", "intact"], 0) == 3
+    assert cli.verify_exit_code(["tampered"], 1) == 2
+    assert cli.verify_exit_code([], 0) == 2
+
+
+def test_recover_restores_only_the_tampered_area(immunized, model_dir, tmp_path, capsys):
+    _, out = immunized
+    protected = np.asarray(Image.open(out / "calm.png"))
+    tampered = with_red_square(protected)
+    Image.fromarray(tampered).save(tmp_path / "tampered.png")
+    Image.fromarray(protected).save(tmp_path / "intact.png")
+    code = cli.main(["recover", str(tmp_path / "tampered.png"), str(tmp_path / "intact.png"),
+                     "--out", str(tmp_path / "rec"), "--model", str(model_dir), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {r["verdict"] for r in report["files"]} == {"tampered", "intact"}
+    recovered = np.asarray(Image.open(tmp_path / "rec" / "tampered.recovered.png"))
+    inner = recovered[20:44, 20:44].astype(int)
+    assert np.abs(inner - 128).max() <= 1  # the fake decoder's mid-grey
+    outside = np.ones((SIZE, SIZE), bool)
+    outside[12:52, 12:52] = False
+    np.testing.assert_array_equal(recovered[outside], tampered[outside])
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "rec" / "intact.recovered.png")), protected)
+
+
+def test_lossy_output_when_allowed(photos, model_dir, tmp_path):
+    code = cli.main(["immunize", str(photos / "calm.png"), "--out", str(tmp_path),
+                     "--format", "jpg", "--allow-lossy", "--model", str(model_dir)])
+    assert code == 0
+    assert Image.open(tmp_path / "calm.jpg").format == "JPEG"
+
+
+def test_tamper_writes_every_kind(tmp_path):
+    # A textured photo: on a smooth one, the removal tamper's inpainting is nearly exact.
+    original = np.random.default_rng(4).integers(0, 256, (SIZE, 80, 3), dtype=np.uint8)
+    Image.fromarray(original).save(tmp_path / "calm.png")
+    out = tmp_path / "tampers"
+    result = imuge("tamper", tmp_path / "calm.png", "--out", out, "--kind", "all",
+                   "--seed", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    kinds = [entry["kind"] for entry in report["files"][0]["outputs"]]
+    assert kinds == list(cli.TAMPER_KINDS)
+    mask = np.asarray(Image.open(out / "calm.donor.true-mask.png")) > 127
+    assert 0.03 < mask.mean() < 0.5
+    assert report["files"][0]["tampered_fraction"] == pytest.approx(mask.mean())
+    for kind in kinds:
+        tampered = np.asarray(Image.open(out / f"calm.{kind}.png"))
+        same_mask = np.asarray(Image.open(out / f"calm.{kind}.true-mask.png")) > 127
+        np.testing.assert_array_equal(same_mask, mask)
+        np.testing.assert_array_equal(tampered[~mask], original[~mask])
+        assert np.abs(tampered[mask].astype(int) - original[mask]).mean() > 10, kind
+
+    again = imuge("tamper", tmp_path / "calm.png", "--out", out, "--kind", "donor")
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_tamper_kinds_match_the_attack_layer():
+    from imuge_tf.attacks.tamper import TAMPERS
+
+    assert tuple(TAMPERS) == cli.TAMPER_KINDS
+
+
+def test_evaluate_and_demo_are_wired(photos, model_dir, tmp_path, monkeypatch, capsys):
+    from imuge_tf import evaluation
+
+    calls = {}
+
+    def fake_evaluation(imuge, paths, out_dir, *, limit=None, seed=0, quick=False,
+                        progress=True):
+        calls["evaluate"] = (imuge.image_size, sorted(map(os.path.basename, paths)), out_dir,
+                             limit, seed, quick, progress)
+        return {"photos": len(paths), "f1": float("nan")}
+
+    monkeypatch.setattr(evaluation, "run_evaluation", fake_evaluation)
+    monkeypatch.setattr(evaluation, "format_table", lambda summary: "TABLE\n")
+    code = cli.main(["evaluate", "--data", str(photos), "--out", str(tmp_path / "ev"),
+                     "--limit", "2", "--quick", "--seed", "7", "--model", str(model_dir),
+                     "--json"])
+    assert code == 0
+    assert calls["evaluate"] == (WORKING, ["calm.png", "corrupt.jpg", "empty.png",
+                                           "second.bmp", "third.tiff"],
+                                 str(tmp_path / "ev"), 2, 7, True, False)
+    assert json.loads(capsys.readouterr().out)["summary"] == {"photos": 5, "f1": None}
+    assert cli.main(["evaluate", "--data", str(tmp_path / "none"), "--out", "x"]) == 2
+
+    demo = pytest.importorskip("imuge_tf.demo")
+    monkeypatch.setattr(demo, "run_demo",
+                        lambda imuge, out_dir, *, progress=True: {"psnr": 40.0})
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--model", str(model_dir)]) == 0
+    assert "psnr: 40" in capsys.readouterr().out
+    (tmp_path / "demo" / "demo.png").write_bytes(b"earlier result")
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--model", str(model_dir)]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_failures_inside_a_file_and_bugs(photos, tmp_path, monkeypatch, capsys):
+    class Broken:
+        image_size = WORKING
+
+        def verify(self, image):
+            raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(cli, "load_model", lambda path: Broken())
+    code = cli.main(["verify", str(photos / "calm.png"), str(photos / "second.bmp")])
+    assert code == 2
+    errors = error_lines(capsys.readouterr().err)
+    assert errors == [f"error: {photos / name}: failed (RuntimeError: boom)"
+                      for name in ("calm.png", "second.bmp")]
+
+    def crash(path):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "load_model", crash)
+    assert cli.main(["verify", str(photos / "calm.png")]) == cli.EXIT_BUG
+    stderr = capsys.readouterr().err
+    assert "Traceback" in stderr and "error: internal error (RuntimeError: a bug)" in stderr
