@@ -320,6 +320,7 @@ def test_evaluate_and_demo_are_wired(photos, model_dir, tmp_path, monkeypatch, c
                         lambda imuge, out_dir, *, progress=True: {"psnr": 40.0})
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--model", str(model_dir)]) == 0
     assert "psnr: 40" in capsys.readouterr().out
+    (tmp_path / "demo").mkdir(exist_ok=True)
     (tmp_path / "demo" / "demo.png").write_bytes(b"earlier result")
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--model", str(model_dir)]) == 2
     assert "--force" in capsys.readouterr().err
