@@ -102,7 +102,7 @@ class Job:
     outputs: dict  # role -> path
 
 
-def find_inputs(inputs):
+def find_inputs(inputs, exclude=None):
     """Image files named by `inputs` (files, or folders searched recursively).
 
     Returns (files, problems): files as (path, name) pairs, where name is the output name
@@ -110,11 +110,14 @@ def find_inputs(inputs):
     folder's structure is mirrored in the output folder); problems as (input, message) pairs
     for missing inputs and folders without images. A file named explicitly is taken whatever
     its suffix (reading it says whether it is an image); in folders, hidden files and folders
-    are skipped and files count by suffix (imuge_tf.io.IMAGE_EXTENSIONS).
+    are skipped and files count by suffix (imuge_tf.io.IMAGE_EXTENSIONS). The folder
+    `exclude` (the output folder) is not searched: outputs of an earlier run inside an input
+    folder are not inputs.
     """
     from imuge_tf.io import IMAGE_EXTENSIONS
 
     files, problems, seen = [], [], set()
+    skipped = os.path.realpath(exclude) if exclude is not None else None
 
     def add(path, name):
         real = os.path.realpath(path)
@@ -134,7 +137,8 @@ def find_inputs(inputs):
                     dirs[:] = []
                     continue
                 visited.add(real)
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                                 and os.path.realpath(os.path.join(root, d)) != skipped)
                 for name in names:
                     if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                         found.append(os.path.join(root, name))
@@ -275,7 +279,7 @@ def run_batch(args, command, suffixes, process):
     from imuge_tf.io import ImageReadError, ImageWriteError, read_image
 
     reporter = Reporter(args, command)
-    files, problems = find_inputs(args.inputs)
+    files, problems = find_inputs(args.inputs, exclude=args.out)
     out_dir = args.out
     jobs, more = plan_outputs(files, out_dir, suffixes, getattr(args, "force", False))
     for path, message in problems + more:

@@ -347,3 +347,16 @@ def test_failures_inside_a_file_and_bugs(photos, tmp_path, monkeypatch, capsys):
     assert cli.main(["verify", str(photos / "calm.png")]) == cli.EXIT_BUG
     stderr = capsys.readouterr().err
     assert "Traceback" in stderr and "error: internal error (RuntimeError: a bug)" in stderr
+
+
+def test_inputs_mirror_folders_and_skip_the_output_folder(tmp_path):
+    for name in ("a.png", "sub/b.JPG", "sub/.hidden.png", ".cache/c.png", "out/old.png",
+                 "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    files, problems = cli.find_inputs([tmp_path, tmp_path / "a.png", tmp_path / "nope.png"],
+                                      exclude=tmp_path / "out")
+    assert [(os.path.relpath(p, tmp_path), n) for p, n in files] == [
+        ("a.png", "a"), (os.path.join("sub", "b.JPG"), os.path.join("sub", "b"))]
+    assert problems == [(tmp_path / "nope.png", f"{tmp_path / 'nope.png'}: no such file or "
+                                                "folder")]
