@@ -1,0 +1,46 @@
+"""The one-photo demo with a model from a smoke training run."""
+
+import math
+
+import pytest
+from PIL import Image
+
+from imuge_tf.config import load_config
+from imuge_tf.demo import format_demo, run_demo
+from imuge_tf.inference import Imuge
+from imuge_tf.samples import sample_photos
+from imuge_tf.training import train
+
+
+@pytest.fixture(scope="module")
+def imuge(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("smoke_run"))
+    # A real smoke training run of one step, without discriminators, progressive recovery and
+    # local feature sharing, whose extra graphs about double the setup time; these tests check
+    # the evaluation's plumbing and behaviour, not the mechanisms.
+    config = load_config("smoke", ["train.epochs=1", "train.steps_per_epoch=1",
+                                   "model.discriminators=false",
+                                   "model.progressive_recovery=false",
+                                   "model.local_feature_sharing=false"])
+    train(config, sample_photos()[:2], workdir, verbose=0, log=lambda *args: None)
+    return Imuge.load(workdir)
+
+
+def test_demo_writes_the_panel_figure_and_returns_scores(imuge, tmp_path):
+    metrics = run_demo(imuge, str(tmp_path / "demo"), progress=False)
+    with Image.open(tmp_path / "demo" / "demo.png") as figure:
+        assert figure.format == "PNG" and figure.size[0] > 600
+    assert metrics["figure"] == str(tmp_path / "demo" / "demo.png")
+    # Not square and larger than the working size: the facade's any-size path.
+    assert (metrics["height"], metrics["width"]) == (40, 48)
+    assert metrics["verdict"] in ("intact", "tampered", "not_immunized")
+    assert 0.03 < metrics["true_fraction"] < 0.2
+    for key in ("f1", "iou", "auc", "tampered_fraction", "ssim_immunized"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    for key in ("psnr_immunized", "psnr_shared", "l_psnr_tampered", "l_psnr_recovered",
+                "l_psnr_recovered_true_mask", "l_psnr_telea"):
+        assert math.isfinite(metrics[key]) and 0 < metrics[key] <= 100, key
+    # The tampered area holds the cat, not the astronaut: far from the original.
+    assert metrics["l_psnr_tampered"] < 20
+    text = format_demo(metrics)
+    assert metrics["verdict"] in text and "Telea" in text
