@@ -212,7 +212,11 @@ def _photo_sources(paths_or_arrays) -> list[tuple[str, object]]:
             sources.append((f"array_{index}", item))
         else:
             sources.append((os.path.basename(os.fspath(item)), item))
-    return sources
+    # Photos are named by file name in the results; the same name in two folders would merge
+    # two photos' rows, so then the whole paths name them.
+    names = Counter(name for name, _ in sources)
+    return [(os.fspath(item) if names[name] > 1 and not isinstance(item, np.ndarray) else name,
+             item) for name, item in sources]
 
 
 def _bundled_donor(photo: np.ndarray) -> np.ndarray:

@@ -65,6 +65,16 @@ def test_load_photo_centre_crops_the_short_side_to_the_working_size():
     assert square[:, 3:-3].min() >= 250
 
 
+def test_photos_are_named_by_file_unless_two_names_clash(tmp_path):
+    from imuge_tf.evaluation import _photo_sources
+
+    array = np.zeros((8, 8, 3), np.uint8)
+    names = [n for n, _ in _photo_sources(["a/x.png", "b/y.png", array])]
+    assert names == ["x.png", "y.png", "array_2"]
+    names = [n for n, _ in _photo_sources(["a/x.png", "b/x.png"])]
+    assert names == ["a/x.png", "b/x.png"]
+
+
 def test_telea_fills_only_inside_the_mask():
     image = load_photo(sample_photo("coffee"), 64)
     mask = np.zeros((64, 64), bool)
