@@ -5,25 +5,15 @@ import math
 import pytest
 from PIL import Image
 
-from imuge_tf.config import load_config
 from imuge_tf.demo import format_demo, run_demo
 from imuge_tf.inference import Imuge
-from imuge_tf.samples import sample_photos
-from imuge_tf.training import train
 
 
 @pytest.fixture(scope="module")
-def imuge(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("smoke_run"))
-    # A real smoke training run of one step, without discriminators, progressive recovery and
-    # local feature sharing, whose extra graphs about double the setup time; these tests check
-    # the evaluation's plumbing and behaviour, not the mechanisms.
-    config = load_config("smoke", ["train.epochs=1", "train.steps_per_epoch=1",
-                                   "model.discriminators=false",
-                                   "model.progressive_recovery=false",
-                                   "model.local_feature_sharing=false"])
-    train(config, sample_photos()[:2], workdir, verbose=0, log=lambda *args: None)
-    return Imuge.load(workdir)
+def imuge(untrained_model_dir):
+    # The untrained smoke model of conftest: these tests check the protocol's plumbing and
+    # behaviour (files, ranges, the Telea baseline), not what training achieves.
+    return Imuge.load(untrained_model_dir)
 
 
 def test_demo_writes_the_panel_figure_and_returns_scores(imuge, tmp_path):

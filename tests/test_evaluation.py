@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imuge_tf.config import load_config
 from imuge_tf.evaluation import (
     QUICK_ATTACKS,
     QUICK_TABLE2,
@@ -23,24 +22,16 @@ from imuge_tf.evaluation import (
     telea_inpaint,
 )
 from imuge_tf.inference import Imuge
-from imuge_tf.samples import sample_photo, sample_photos
-from imuge_tf.training import train
+from imuge_tf.samples import sample_photo
 
 UNIT_METRICS = ("f1", "iou", "auc", "detected", "flagged_immunized", "flagged_never_immunized")
 
 
 @pytest.fixture(scope="module")
-def imuge(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("smoke_run"))
-    # A real smoke training run of one step, without discriminators, progressive recovery and
-    # local feature sharing, whose extra graphs about double the setup time; these tests check
-    # the evaluation's plumbing and behaviour, not the mechanisms.
-    config = load_config("smoke", ["train.epochs=1", "train.steps_per_epoch=1",
-                                   "model.discriminators=false",
-                                   "model.progressive_recovery=false",
-                                   "model.local_feature_sharing=false"])
-    train(config, sample_photos()[:2], workdir, verbose=0, log=lambda *args: None)
-    return Imuge.load(workdir)
+def imuge(untrained_model_dir):
+    # The untrained smoke model of conftest: these tests check the protocol's plumbing and
+    # behaviour (files, ranges, the Telea baseline), not what training achieves.
+    return Imuge.load(untrained_model_dir)
 
 
 @pytest.fixture(scope="module")
