@@ -1,0 +1,141 @@
+"""Ships a trained work directory as the package's demo model (imuge_tf/pretrained/).
+
+    python benchmarks/package_model.py --workdir workdirs/demo --heldout HELDOUT_DIR \
+        --command "python train.py --config demo --data /tmp/photos/train --workdir workdirs/demo"
+
+1. copies the work directory's inference networks (encoder/verifier/decoder .keras and
+   imuge.json) into imuge_tf/pretrained/;
+2. calibrates the verdict thresholds on the held-out photos (`imuge_tf.inference.calibrate`:
+   untampered immunized, never-immunized and pasted photos, with and without JPEG 90) and stores
+   them in the shipped imuge.json;
+3. writes imuge_tf/pretrained/TRAINING.md: the training command, the config, the per-epoch
+   log (read from the run's TensorBoard events), the calibration, and the file sizes.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import log, machine_facts, markdown_table, utc_now  # noqa: E402,I001
+
+COLUMNS = (("epoch_stage", "stage", 0), ("epoch_decoupled", "decoupled", 0),
+           ("epoch_L_G", "L_G", 4), ("epoch_L_R", "L_R", 4), ("epoch_L_C", "L_C", 3),
+           ("epoch_L_cls", "L_cls", 3), ("epoch_psnr_immunized", "PSNR(I, I_M)", 2),
+           ("epoch_psnr_recovered", "PSNR(I, I_R)", 2), ("epoch_l_psnr", "L-PSNR", 2))
+CALIBRATION_SIZES = (128, 256)  # square crops: the working size and twice it (any-size path)
+
+
+def epoch_log(workdir):
+    """{tag: {epoch: value}} from the run's TensorBoard training events."""
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(workdir, "logs", "train"),
+                              size_guidance={"tensors": 0})
+    events.Reload()
+    values = {}
+    for tag in events.Tags()["tensors"]:
+        values[tag] = {event.step: float(tf.make_ndarray(event.tensor_proto))
+                       for event in events.Tensors(tag)}
+    return values
+
+
+def log_table(values):
+    epochs = sorted(values.get("epoch_L_G", {}))
+    rows = []
+    for epoch in epochs:
+        rows.append([epoch + 1] + [
+            f"{values[tag][epoch]:.{digits}f}" if epoch in values.get(tag, {}) else "-"
+            for tag, _, digits in COLUMNS])
+    return markdown_table(["epoch"] + [label for _, label, _ in COLUMNS], rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--heldout", required=True, help="held-out photos for calibration")
+    parser.add_argument("--command", required=True, help="the exact training command")
+    parser.add_argument("--notes", default="", help="extra text for TRAINING.md")
+    args = parser.parse_args(argv)
+
+    from imuge_tf.data import find_images
+    from imuge_tf.evaluation import load_photo
+    from imuge_tf.inference import PRETRAINED_DIR, Imuge, calibrate
+
+    source = os.path.join(args.workdir, "inference")
+    os.makedirs(PRETRAINED_DIR, exist_ok=True)
+    for name in ("encoder.keras", "verifier.keras", "decoder.keras", "imuge.json"):
+        shutil.copyfile(os.path.join(source, name), os.path.join(PRETRAINED_DIR, name))
+    log(f"copied {source} to {PRETRAINED_DIR}")
+
+    imuge = Imuge.load(PRETRAINED_DIR)
+    paths = sorted(find_images(args.heldout))
+    photos = [load_photo(path, size) for path in paths for size in CALIBRATION_SIZES]
+    report = calibrate(imuge, photos)
+    log(f"thresholds: {report['thresholds']}")
+
+    with open(os.path.join(PRETRAINED_DIR, "imuge.json")) as handle:
+        metadata = json.load(handle)
+    sizes = {name: os.path.getsize(os.path.join(PRETRAINED_DIR, name))
+             for name in sorted(os.listdir(PRETRAINED_DIR)) if not name.endswith(".md")}
+    total_mb = sum(sizes.values()) / 1e6
+
+    def stats(key):
+        values = report[key]
+        return f"min {min(values):.4f}, median {sorted(values)[len(values) // 2]:.4f}, " \
+               f"max {max(values):.4f}"
+
+    text = "\n".join([
+        "# The shipped demo model",
+        "",
+        f"Packaged {utc_now()} by `benchmarks/package_model.py` from `{args.workdir}` "
+        f"(step {metadata['step']}), on {machine_facts().get('cpu', 'a CPU')}.",
+        "",
+        "## How it was trained",
+        "",
+        "```bash",
+        "python benchmarks/split_photos.py --data ../shared/data/photos --out /tmp/photos",
+        args.command,
+        "```",
+        "",
+        f"Config `{metadata['config_name']}` (configs/demo.yaml, resolved in imuge.json), "
+        f"{metadata['image_size']} px. Training photos: 64 of the 73 in shared/data/photos "
+        "(Debian wallpapers, licences in its SOURCES.md); every 8th file in sorted order and "
+        "scikit-image's photos are held out.",
+        "",
+        args.notes,
+        "",
+        "## The training log (epoch means of the training batches)",
+        "",
+        log_table(epoch_log(args.workdir)),
+        "",
+        "L_C is the fidelity hinge: the mean shortfall in dB of PSNR(I, I_M) below the config's "
+        "target, before its weight. PSNR(I, I_M) is before attacks; PSNR(I, I_R) and L-PSNR "
+        "(inside the true tampered area) are of the recovery from the attacked batch.",
+        "",
+        "## Verdict calibration",
+        "",
+        f"On {len(paths)} held-out photos as centred squares of {CALIBRATION_SIZES} px, with "
+        "and without real JPEG 90 (`imuge_tf.inference.calibrate`): share of pixels flagged "
+        "(probability > 0.5) on untampered immunized photos: "
+        f"{stats('untampered_immunized_flagged')}; "
+        f"on never-immunized photos: {stats('never_immunized_flagged')}; on immunized photos "
+        f"with a pasted patch: {stats('tampered_flagged')}.",
+        f"Stored thresholds: `{json.dumps(report['thresholds'])}`.",
+        "",
+        "## Files",
+        "",
+        markdown_table(["file", "bytes"], [[name, f"{size:,}"] for name, size in sizes.items()])
+        + f"\n\nTotal {total_mb:.1f} MB (limit 25 MB).",
+        "",
+    ])
+    with open(os.path.join(PRETRAINED_DIR, "TRAINING.md"), "w") as handle:
+        handle.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
