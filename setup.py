@@ -25,6 +25,11 @@ setup(
         "scipy",
         "opencv-python-headless",
         "matplotlib",
+        # Runs the TFLite encoder (tf.lite.Interpreter is deprecated).
+        "ai-edge-litert",
+        # Serving client and config protos; it requires tensorflow>=2.21,<3, which the pin
+        # above already satisfies, so it installs no other TensorFlow.
+        "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
         "test": ["pytest", "ruff"],

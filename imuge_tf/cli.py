@@ -1,6 +1,7 @@
 """The `imuge` command (and `python train.py`, which is `imuge train`).
 
-Subcommands: train, immunize, verify, recover, tamper, evaluate, demo. The image commands take
+Subcommands: train, immunize, verify, recover, tamper, evaluate, demo, export, serve. The image
+commands take
 many files and folders per call, show a progress bar, report a file that fails in one line on
 stderr and go on with the rest, and end with a summary (or one JSON document with --json).
 Exit codes are listed in EXIT_CODES_HELP (`imuge --help`).
@@ -270,11 +271,12 @@ def _make_folder(path):
                            f"{error.strerror or error}") from None
 
 
-def run_batch(args, command, suffixes, process):
+def run_batch(args, command, suffixes, process, load=None):
     """Runs `process(imuge, image, job, reporter)` on every input; returns the Reporter.
 
     Problems found before the model loads (missing inputs, outputs that exist) and files that
-    fail later are reported one line each; the other files are processed.
+    fail later are reported one line each; the other files are processed. `load()` gives what
+    `process` receives as `imuge` (default: the model of --model).
     """
     from imuge_tf.io import ImageReadError, ImageWriteError, read_image
 
@@ -288,7 +290,7 @@ def run_batch(args, command, suffixes, process):
         return reporter
     if out_dir is not None:
         _make_folder(out_dir)
-    imuge = load_model(args.model)
+    imuge = load() if load is not None else load_model(args.model)
     for job in reporter.progress(jobs, command):
         try:
             image = read_image(job.source)
@@ -352,11 +354,27 @@ def verify_exit_code(verdicts, failed):
     return EXIT_OK
 
 
+def _remote_model(args):
+    """`imuge verify --server URL`: a RemoteImuge on a reachable server (else CommandError)."""
+    from imuge_tf.serving_client import RemoteImuge, ServerError, connect
+
+    try:
+        client = connect(args.server, model=args.server_model)
+        client.check()
+    except (ValueError, ServerError) as error:
+        raise CommandError(_one_line(error)) from None
+    return RemoteImuge(client)
+
+
 def run_verify(args) -> int:
     from imuge_tf.io import mask_to_image, overlay, write_image, write_text_atomic
 
+    if args.server and args.model:
+        raise CommandError("--server and --model: choose one (the server has its own model)")
+
     def process(imuge, image, job, reporter):
-        result = imuge.verify(image)
+        # A server gets the file's own bytes where it decodes them as read_image does.
+        result = imuge.verify_file(job.source, image) if args.server else imuge.verify(image)
         summary = result.to_dict()
         if job.outputs:
             write_image(job.outputs["mask"], mask_to_image(result.mask), force=args.force)
@@ -372,7 +390,8 @@ def run_verify(args) -> int:
         detail = f" ({share:.1f} % of the pixels)" if result.verdict == "tampered" else ""
         reporter.say(f"{job.source}: {result.verdict}{detail}")
 
-    reporter = run_batch(args, "verify", VERIFY_SUFFIXES, process)
+    reporter = run_batch(args, "verify", VERIFY_SUFFIXES, process,
+                         load=(lambda: _remote_model(args)) if args.server else None)
     verdicts = [r["verdict"] for r in reporter.records if r["status"] == "ok"]
     counts = {v: verdicts.count(v) for v in ("intact", "tampered", "not_immunized")}
     code = verify_exit_code(verdicts, reporter.failed)
@@ -565,6 +584,70 @@ def run_demo(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# export / serve
+
+
+def run_export(args) -> int:
+    from imuge_tf.export import ExportError, check_out_dir, export_model
+
+    try:
+        # Refuse an output folder before the (slow) model load.
+        check_out_dir(os.path.abspath(args.out), args.force)
+    except ExportError as error:
+        raise CommandError(_one_line(error)) from None
+    imuge = load_model(args.model)
+    reporter = Reporter(args, "export")
+
+    def progress(message):
+        if reporter.show_progress:
+            print(f"export: {message}", file=sys.stderr, flush=True)
+
+    try:
+        manifest = export_model(imuge, args.out, force=args.force, int8=not args.no_int8,
+                                progress=progress)
+    except ExportError as error:
+        raise CommandError(_one_line(error)) from None
+    encoder = manifest["encoder"]
+    lines = [f"exported to {args.out} (working size {manifest['image_size']})",
+             f"  encoder SavedModel: {encoder['saved_model']}"]
+    for variant, record in encoder["tflite"].items():
+        lines.append(f"  encoder TFLite {variant}: {record['file']} ({record['bytes']:,} bytes; "
+                     f"residual max error {record['residual_error']['max_levels']:.3g} "
+                     f"levels; F1 {record['f1_delta']:+.4f}, PSNR "
+                     f"{record['psnr_delta_db']:+.3f} dB vs Keras)")
+    for variant, record in encoder["withheld"].items():
+        lines.append(f"  encoder TFLite {variant}: not shipped ({record['reason']})")
+    serving = manifest["serving"]
+    lines.append(f"  TF Serving model: {serving['version_dir']} (signatures "
+                 f"{', '.join(serving['signatures'])}); serving/models.config, "
+                 "serving/batching_parameters.txt")
+    if reporter.json:
+        print(json.dumps(_json_ready({"command": "export", "exit_code": EXIT_OK,
+                                      "out": args.out, "manifest": manifest}), indent=2))
+    else:
+        print("\n".join(lines))
+    return EXIT_OK
+
+
+def run_serve(args) -> int:
+    from imuge_tf.serve import serve
+
+    def ready(server, grpc_port):
+        text = (f"serving model '{server.model.name}' version {server.model.version} from "
+                f"{server.model.path}\n  REST: {server.url}/v1/models/{server.model.name}")
+        if grpc_port is not None:
+            text += f"\n  gRPC: {server.server_address[0]}:{grpc_port}"
+        print(text + "\n(Ctrl-C stops it)", flush=True)
+
+    try:
+        serve(args.model_dir, host=args.host, port=args.port, grpc_port=args.grpc_port,
+              max_body_bytes=args.max_body_mb * 1024 * 1024, quiet=args.quiet, ready=ready)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser
 
 
@@ -575,6 +658,16 @@ def _positive_int(text):
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port 0..65535, got {value}")
     return value
 
 
@@ -645,6 +738,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Prints intact / tampered / not_immunized for each photo. With --out, also writes "
         "OUT/<name>.mask.png (white = tampered), OUT/<name>.overlay.png (tampered area in red) "
         "and OUT/<name>.json.", out_required=False)
+    verify.add_argument("--server", default=None, metavar="URL",
+                        help="verify on a model server instead of a local model: "
+                             "http://HOST:PORT (TF Serving REST or `imuge serve`) or "
+                             "grpc://HOST:PORT (TF Serving gRPC); the same outputs and exit "
+                             "codes")
+    verify.add_argument("--server-model", default="imuge", metavar="NAME",
+                        help="the model's name on the server (default: imuge)")
     verify.set_defaults(handler=run_verify, runner=run_image_command)
 
     recover = _add_image_command(
@@ -699,6 +799,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="overwrite earlier results")
     _add_common(demo)
     demo.set_defaults(handler=run_demo, runner=run_image_command)
+
+    export = commands.add_parser(
+        "export", help="export for deployment: TFLite encoder, TF Serving verifier/decoder",
+        description=_wrap("Writes the encoder as TFLite (fp32, fp16, dynamic-range and, when "
+                          "its parity holds, full int8) and as a SavedModel, and the verifier "
+                          "+ decoder as one TF Serving SavedModel with models.config, "
+                          "batching parameters and warm-up requests, under OUT (layout in "
+                          "export/README.md). Each TFLite variant is checked end to end "
+                          "against the Keras encoder; one that fails is not written."),
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    export.add_argument("--force", action="store_true",
+                        help="replace an earlier export in OUT")
+    export.add_argument("--no-int8", action="store_true",
+                        help="skip the full-int8 encoder (its calibration is the slow part)")
+    _add_common(export)
+    export.set_defaults(handler=run_export, runner=run_image_command)
+
+    serve = commands.add_parser(
+        "serve", help="a local TF Serving-compatible REST server (development)",
+        description=_wrap("Serves an exported verifier + decoder with TF Serving's REST API "
+                          "(predict, status, metadata), for development and tests; use "
+                          "tensorflow/serving in production (export/README.md)."),
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--model-dir", required=True, metavar="DIR",
+                       help="the model folder of an export, holding numbered versions: "
+                            "EXPORT/serving/imuge")
+    serve.add_argument("--port", type=_port, default=8501,
+                       help="REST port (default: 8501; 0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--grpc-port", type=_port, default=None,
+                       help="also serve TF Serving's gRPC Predict on this port")
+    serve.add_argument("--max-body-mb", type=_positive_int, default=32, metavar="MB",
+                       help="refuse request bodies larger than this (default: 32)")
+    serve.add_argument("--quiet", action="store_true", help="no log line per request")
+    serve.set_defaults(handler=run_serve, runner=run_image_command)
     return parser
 
 

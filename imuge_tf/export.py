@@ -1,0 +1,819 @@
+"""Deployment exports: a TFLite (LiteRT) encoder for cameras, a TF Serving verifier + decoder.
+
+`export_model(imuge, out_dir)` writes the layout that export/README.md documents:
+
+    out_dir/
+      manifest.json                what was exported, from which model, and the parity checks
+      encoder/
+        saved_model/               the encoder as a SavedModel (signature serving_default)
+        encoder_fp32.tflite        the encoder for LiteRT, builtin ops only
+        encoder_fp16.tflite        float16 weights
+        encoder_dynamic.tflite     dynamic-range int8 weights
+        encoder_int8.tflite        full int8, only when its parity holds
+      serving/
+        models.config              TF Serving model config (text proto)
+        batching_parameters.txt    TF Serving batching parameters (text proto)
+        imuge/1/                   the verifier + decoder SavedModel, with
+                                   assets.extra/tf_serving_warmup_requests
+
+The encoder's input is the photo resized to S x S (bilinear with antialiasing), 1 x S x S x 3
+float32 in [0, 1]; its output is the residual at that size, 1 x S x S x 3 float32 in [-1, 1].
+A camera upsamples the residual to the photo's full resolution and adds it there (as
+`Imuge.immunize` does), so the full-resolution photo never passes through the network.
+
+The serving SavedModel does everything `Imuge.verify` and `Imuge.recover` do, in stock TF ops
+(no py_function), so that TF Serving can run it: decoding, resizing to the working size, the
+verifier, the verdict thresholds of imuge.json, Otsu's threshold and the 4 x 4 opening, the
+decoder with its push-pull pre-fill, and PNG encoding of the mask and the recovered photo at
+the received size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+ENCODER_VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+REQUIRED_VARIANTS = ("fp32", "fp16", "dynamic")
+SERVING_NAME = "imuge"
+SERVING_VERSION = 1
+SERVING_BASE_PATH = "/models/imuge"  # where the docker command of export/README.md mounts it
+MANIFEST = "manifest.json"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+# Parity gates, applied to each TFLite variant against the Keras encoder on the check photos.
+# fp32 must match to float rounding (a larger error means a broken conversion, not quantizing).
+# A quantized variant may move the residual (a trained one is ~3-4 levels RMS) by a few 8-bit
+# levels but must not erase it; what decides is the end-to-end parity: the Keras verifier's
+# F1 and the recovery PSNR on photos it immunized within 0.01 / 0.2 dB of the Keras encoder's.
+FP32_MAX_LEVELS = 0.05
+QUANTIZED_MAX_LEVELS = 8.0
+QUANTIZED_RMS_SHARE = 0.5  # error RMS at most this share of the residual's own RMS
+F1_TOLERANCE = 0.01
+PSNR_TOLERANCE_DB = 0.2
+CALIBRATION_SAMPLES = 32  # representative images for full int8
+
+# TF Serving text protos, written by export_model and kept as copies in the repository's
+# export/ folder (a test checks that they agree).
+MODELS_CONFIG = f"""\
+# TF Serving model config: tensorflow_model_server --model_config_file=models.config
+# base_path is the folder that holds the numbered versions (imuge/1/, imuge/2/, ...), as
+# mounted by the docker command in export/README.md; the newest version is served.
+model_config_list {{
+  config {{
+    name: "{SERVING_NAME}"
+    base_path: "{SERVING_BASE_PATH}"
+    model_platform: "tensorflow"
+    model_version_policy {{
+      latest {{
+        num_versions: 1
+      }}
+    }}
+  }}
+}}
+"""
+
+BATCHING_PARAMETERS = """\
+# TF Serving batching: tensorflow_model_server --enable_batching
+#   --batching_parameters_file=batching_parameters.txt
+# Requests are merged into batches of up to 8 photos (the graph resizes every photo to the
+# working size first, so photos of different sizes batch together). A request waits at most
+# 20 ms for others; 2 threads run batches (one per 1-2 CPU cores is a good start).
+max_batch_size { value: 8 }
+batch_timeout_micros { value: 20000 }
+max_enqueued_batches { value: 64 }
+num_batch_threads { value: 2 }
+pad_variable_length_inputs: false
+"""
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made, or that would not work: one line that says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoder
+
+
+def _encoder_archive(encoder, image_size: int):
+    """A keras ExportArchive of the encoder: serving_default, image 1xSxSx3 -> residual."""
+    import keras
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+
+    def encode(image):
+        return {"residual": encoder(image, training=False)}
+
+    archive.add_endpoint(
+        "serving_default", encode,
+        input_signature=[tf.TensorSpec([1, image_size, image_size, 3], tf.float32,
+                                       name="image")])
+    return archive
+
+
+def save_encoder(encoder, image_size: int, path: str) -> str:
+    """Writes the encoder as a SavedModel (the source of every TFLite conversion)."""
+    _encoder_archive(encoder, image_size).write_out(path, verbose=False)
+    return path
+
+
+def representative_images(image_size: int, count: int = CALIBRATION_SAMPLES, photos=None):
+    """Working-size float images for int8 calibration: the bundled photos, whole and cropped,
+    flipped, as the encoder sees them (1 x S x S x 3 in [0, 1])."""
+    import tensorflow as tf
+
+    from imuge_tf.samples import sample_photos
+
+    photos = list(photos) if photos is not None else sample_photos()
+    rng = np.random.default_rng(0)
+    images = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        height, width = photo.shape[:2]
+        if index >= len(photos):  # a random crop of 40-100 % of the shorter side
+            side = int(min(height, width) * rng.uniform(0.4, 1.0))
+            top = rng.integers(0, height - side + 1)
+            left = rng.integers(0, width - side + 1)
+            photo = photo[top:top + side, left:left + side]
+            if rng.random() < 0.5:
+                photo = photo[:, ::-1]
+        x = tf.convert_to_tensor(np.ascontiguousarray(photo)[None], tf.float32) / 255.0
+        images.append(np.asarray(tf.image.resize(x, (image_size, image_size),
+                                                 method="bilinear", antialias=True)))
+    return images
+
+
+def convert_saved_model(saved_model_dir: str, variant: str, representative=None) -> bytes:
+    """A TFLite flatbuffer of the SavedModel's serving_default, builtin ops only.
+
+    `variant`: "fp32", "fp16" (float16 weights), "dynamic" (int8 weights, float activations)
+    or "int8" (int8 weights and activations, float32 input and output; needs `representative`,
+    a list of input arrays). An op without a TFLite builtin kernel raises ExportError: the
+    converter is not allowed to fall back to Flex (TF) ops, which cameras do not have.
+    """
+    import tensorflow as tf
+
+    if variant not in ENCODER_VARIANTS:
+        raise ValueError(f"unknown variant '{variant}'; expected one of {ENCODER_VARIANTS}")
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if variant != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "int8":
+        if not representative:
+            raise ValueError("full int8 needs representative images")
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.representative_dataset = lambda: ([image] for image in representative)
+    try:
+        return converter.convert()
+    except Exception as error:  # noqa: BLE001 - the converter raises several error types
+        raise ExportError(f"TFLite conversion ({variant}) failed with builtin ops only: "
+                          f"{_conversion_problem(str(error))}") from error
+
+
+def _conversion_problem(text: str) -> str:
+    """The converter's reason in one line: the ops that have no builtin kernel, if named."""
+    import re
+
+    select = re.search(r"TF Select ops: ([^\n]+)", text)
+    if select:
+        return (f"ops without a TFLite builtin kernel: {select.group(1).strip()} (Flex / TF "
+                "Select ops are not allowed: cameras run builtin ops only)")
+    named = sorted(set(re.findall(r"'(tf\.\w+)' op is neither a custom op nor a flex op",
+                                  text)))
+    if named:
+        return f"ops without a TFLite builtin kernel: {', '.join(named)}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def tflite_ops(model) -> list:
+    """The sorted op names in a TFLite model (bytes or a path), as the interpreter reports."""
+    interpreter = _interpreter(model, num_threads=1)
+    # _get_ops_details is the interpreter's only listing of ops (used by its own analyzers).
+    return sorted({op["op_name"] for op in interpreter._get_ops_details()})
+
+
+def _interpreter(model, num_threads=None):
+    from ai_edge_litert.interpreter import Interpreter
+
+    if isinstance(model, (bytes, bytearray)):
+        interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+    else:
+        interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+class TFLiteEncoder:
+    """A TFLite encoder that can stand in for the Keras one (`Imuge(encoder=...)`).
+
+    Called on a batch of N x S x S x 3 float images, it runs the interpreter once per image
+    (the TFLite model has a fixed batch of 1) and returns the residuals as a numpy array.
+    Not thread-safe (one interpreter).
+    """
+
+    def __init__(self, model, num_threads=None):
+        self.interpreter = _interpreter(model, num_threads=num_threads)
+        details = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
+        if len(details) != 1 or len(outputs) != 1:
+            raise ExportError("an encoder TFLite model has one input and one output")
+        self.input = details[0]
+        self.output = outputs[0]
+        self.shape = tuple(int(v) for v in self.input["shape"])
+
+    def __call__(self, images, training=False):
+        del training
+        images = np.asarray(images, np.float32)
+        if images.ndim == 3:
+            images = images[None]
+        if images.shape[1:] != self.shape[1:]:
+            raise ValueError(f"the TFLite encoder takes N x {self.shape[1]} x {self.shape[2]} "
+                             f"x 3 images, got {images.shape}")
+        residuals = []
+        for image in images:
+            self.interpreter.set_tensor(self.input["index"], image[None])
+            self.interpreter.invoke()
+            residuals.append(self.interpreter.get_tensor(self.output["index"])[0].copy())
+        return np.stack(residuals)
+
+
+def residual_error(encoder, runner, images) -> dict:
+    """How far `runner`'s residuals are from `encoder`'s, in 8-bit levels, on `images`."""
+    errors, magnitudes = [], []
+    for image in images:
+        expected = np.asarray(encoder(image, training=False), np.float64)
+        got = np.asarray(runner(image), np.float64)
+        errors.append(np.abs(got - expected).ravel() * 255.0)
+        magnitudes.append(np.abs(expected).ravel() * 255.0)
+    errors, magnitudes = np.concatenate(errors), np.concatenate(magnitudes)
+    return {"max_levels": float(errors.max()), "rms_levels": float(np.sqrt(np.mean(errors**2))),
+            "p99_levels": float(np.percentile(errors, 99)),
+            "residual_rms_levels": float(np.sqrt(np.mean(magnitudes**2)))}
+
+
+# ---------------------------------------------------------------------------------------------
+# End-to-end parity: immunize with a variant, verify and recover with the Keras models
+
+
+def parity_cases(image_size: int, photos=None, seed: int = 0):
+    """(original, true mask, donor) triples: bundled photos with an object-shaped tamper."""
+    import tensorflow as tf
+
+    from imuge_tf.attacks.masks import random_tamper_mask
+    from imuge_tf.samples import sample_photos
+
+    photos = list(photos) if photos is not None else sample_photos()
+    cases = []
+    for index, photo in enumerate(photos):
+        height, width = photo.shape[:2]
+        square = random_tamper_mask(tf.constant([seed, index], tf.int64), image_size)
+        mask = np.asarray(tf.image.resize(square[None], (height, width),
+                                          method="nearest"))[0, :, :, 0] > 0.5
+        donor = photos[(index + 1) % len(photos)]
+        donor = np.asarray(tf.image.resize(donor[None].astype(np.float32), (height, width),
+                                           method="bilinear", antialias=True))[0]
+        cases.append((photo, mask, np.clip(np.rint(donor), 0, 255).astype(np.uint8)))
+    return cases
+
+
+def end_to_end(imuge, encoder, cases) -> dict:
+    """Immunizes each case with `encoder` (Keras or TFLiteEncoder), pastes the donor into the
+    mask, verifies and recovers with `imuge`'s Keras verifier and decoder.
+
+    Returns the mean localization F1, recovery PSNR (whole photo) and L-PSNR (inside the
+    mask) against the original, the verdicts, and the immunized photos.
+    """
+    from imuge_tf import scoring
+    from imuge_tf.inference import Imuge
+
+    swapped = Imuge(encoder, imuge.verifier, imuge.decoder, imuge.image_size,
+                    decoder_prefill=imuge.decoder_prefill, thresholds=imuge.thresholds)
+    f1s, psnrs, l_psnrs, verdicts, immunized_photos = [], [], [], [], []
+    for original, mask, donor in cases:
+        immunized = swapped.immunize(original)
+        tampered = np.where(mask[:, :, None], donor, immunized)
+        result = imuge.verify(tampered)
+        recovered = imuge.recover(tampered, result)
+        intact = imuge.verify(immunized)
+        f1s.append(scoring.f1(result.mask, mask))
+        psnrs.append(scoring.psnr(original, recovered))
+        l_psnrs.append(scoring.l_psnr(original, recovered, mask))
+        verdicts.append((result.verdict, intact.verdict))
+        immunized_photos.append(immunized)
+    return {"f1": float(np.mean(f1s)), "psnr": float(np.mean(psnrs)),
+            "l_psnr": float(np.mean(l_psnrs)), "verdicts": verdicts,
+            "immunized": immunized_photos}
+
+
+def compare_end_to_end(reference: dict, variant: dict) -> dict:
+    """The parity figures of `variant` against `reference` (both from `end_to_end`)."""
+    levels = [np.abs(a.astype(np.int16) - b.astype(np.int16))
+              for a, b in zip(reference["immunized"], variant["immunized"])]
+    changed = np.concatenate([level.ravel() for level in levels])
+    agree = np.mean([a == b for a, b in zip(reference["verdicts"], variant["verdicts"])])
+    f1_delta = variant["f1"] - reference["f1"]
+    psnr_delta = variant["psnr"] - reference["psnr"]
+    return {
+        "f1": variant["f1"], "psnr": variant["psnr"], "l_psnr": variant["l_psnr"],
+        "f1_delta": f1_delta, "psnr_delta_db": psnr_delta,
+        "l_psnr_delta_db": variant["l_psnr"] - reference["l_psnr"],
+        "verdict_agreement": float(agree),
+        "immunized_max_levels": int(changed.max()),
+        "immunized_changed_share": float(np.mean(changed > 0)),
+        "holds": bool(abs(f1_delta) <= F1_TOLERANCE and abs(psnr_delta) <= PSNR_TOLERANCE_DB),
+    }
+
+
+def residual_gate(variant: str, error: dict) -> tuple[bool, str]:
+    """Whether a variant's residual error is acceptable, and why not."""
+    if variant == "fp32":
+        ok = error["max_levels"] <= FP32_MAX_LEVELS
+        return ok, "" if ok else (f"fp32 residual differs by {error['max_levels']:.3g} levels "
+                                  f"(> {FP32_MAX_LEVELS}): a broken conversion")
+    limit = QUANTIZED_RMS_SHARE * error["residual_rms_levels"]
+    ok = error["max_levels"] <= QUANTIZED_MAX_LEVELS and error["rms_levels"] <= limit
+    return ok, "" if ok else (
+        f"residual error max {error['max_levels']:.2f} / RMS {error['rms_levels']:.2f} levels "
+        f"exceeds {QUANTIZED_MAX_LEVELS:g} / {limit:.2f} ({QUANTIZED_RMS_SHARE:.0%} of the "
+        f"residual's own {error['residual_rms_levels']:.2f} levels RMS)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The verifier + decoder for TF Serving, in TF ops
+
+
+def otsu_threshold_tf(values):
+    """Otsu's threshold of a float tensor, as imuge_tf.postprocess.otsu_threshold computes it
+    (256 equal bins over [min, max], the first bin centre of maximal between-class variance;
+    a constant map gives its value). Float64 throughout, as NumPy computes it."""
+    import tensorflow as tf
+
+    values = tf.reshape(tf.cast(values, tf.float64), [-1])
+    low, high = tf.reduce_min(values), tf.reduce_max(values)
+    bins = 256
+    # Equal ranges make histogram_fixed_width divide by zero: use any range and return `low`.
+    span = tf.where(high > low, high - low, tf.constant(1.0, tf.float64))
+    counts = tf.cast(tf.histogram_fixed_width(values, tf.stack([low, low + span]), nbins=bins),
+                     tf.float64)
+    edges = low + tf.range(bins + 1, dtype=tf.float64) * (span / bins)
+    edges = tf.concat([edges[:-1], [low + span]], axis=0)  # np.linspace ends exactly on max
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    weight0 = tf.cumsum(counts)[:-1]
+    weight1 = tf.cumsum(counts, reverse=True)[1:]
+    sum0 = tf.cumsum(counts * centres)[:-1]
+    sum1 = tf.cumsum(counts * centres, reverse=True)[1:]
+    mean0 = tf.math.divide_no_nan(sum0, weight0)
+    mean1 = tf.math.divide_no_nan(sum1, weight1)
+    between = weight0 * weight1 * tf.square(mean0 - mean1)
+    between = tf.where((weight0 > 0) & (weight1 > 0), between, -tf.ones_like(between))
+    # The first index of the maximum, as np.argmax (tf.argmax does not promise it on ties,
+    # and splits inside an empty stretch of the histogram tie exactly).
+    best = tf.reduce_min(tf.where(tf.equal(between, tf.reduce_max(between)))[:, 0])
+    return tf.where(high > low, centres[best], low)
+
+
+def opening_tf(masks, kernel_size: int):
+    """Binary opening of float masks [N, H, W, 1] with a k x k square, as refine_mask does:
+    the union of all k x k squares that fit inside the mask and the image."""
+    import tensorflow as tf
+
+    if kernel_size <= 1:
+        return masks
+    k = kernel_size
+    # Erosion: 1 at p where the square with top-left corner p lies inside the mask.
+    eroded = -tf.nn.max_pool2d(-masks, k, 1, "VALID")
+    # Dilation: 1 at q where some kept square covers q (squares start at q-k+1 .. q).
+    padded = tf.pad(eroded, [[0, 0], [k - 1, k - 1], [k - 1, k - 1], [0, 0]])
+    return tf.nn.max_pool2d(padded, k, 1, "VALID")
+
+
+class _ServingGraph:
+    """The TF functions of the serving SavedModel, closed over the networks and thresholds."""
+
+    def __init__(self, imuge):
+        from imuge_tf.inference import FLAG_PROBABILITY, MIN_SIDE, MORPHOLOGY_KERNEL, VERDICTS
+
+        self.verifier = imuge.verifier
+        self.decoder = imuge.decoder
+        self.size = int(imuge.image_size)
+        self.prefill = bool(imuge.decoder_prefill)
+        self.intact_max = float(imuge.thresholds["intact_max_fraction"])
+        self.not_immunized_min = float(imuge.thresholds["not_immunized_min_fraction"])
+        self.flag = float(FLAG_PROBABILITY)
+        self.min_side = int(MIN_SIDE)
+        self.kernel = int(MORPHOLOGY_KERNEL)
+        self.verdicts = tuple(VERDICTS)
+
+    # -- pieces
+    def _decode(self, data):
+        import tensorflow as tf
+
+        # tf.io.decode_image decodes JPEG with libjpeg's fast integer IDCT, which is up to 6
+        # levels away from Pillow's (and so from a local `imuge verify`): enough to disturb
+        # a residual of a few levels. The accurate IDCT gives Pillow's pixels exactly.
+        image = tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8,
+                                       expand_animations=False))
+        shape = tf.shape(image)
+        check = tf.debugging.assert_greater_equal(
+            tf.reduce_min(shape[:2]), self.min_side,
+            message=f"image too small: at least {self.min_side} pixels on each side are "
+                    "needed")
+        with tf.control_dependencies([check]):
+            return tf.identity(image)
+
+    def _working(self, image):
+        """uint8 H x W x 3 -> float S x S x 3, as Imuge._working."""
+        import tensorflow as tf
+
+        x = tf.cast(image[None], tf.float32) / 255.0
+        return tf.image.resize(x, (self.size, self.size), method="bilinear", antialias=True)[0]
+
+    def _decide(self, probability):
+        """One S x S x 1 probability map -> (verdict index, threshold, refined S x S mask,
+        flagged fraction), as Imuge.verify decides at the working size."""
+        import tensorflow as tf
+
+        p = tf.cast(probability[:, :, 0], tf.float64)
+        total = tf.cast(tf.size(p), tf.float64)
+        flagged = tf.reduce_sum(tf.cast(p > self.flag, tf.float64)) / total
+        otsu = tf.clip_by_value(otsu_threshold_tf(p), 0.2, 0.8)
+        refined = opening_tf(tf.cast(p > otsu, tf.float32)[None, :, :, None], self.kernel)
+        refined = refined[0, :, :, 0] > 0.5
+        not_immunized = flagged >= self.not_immunized_min
+        intact = flagged < self.intact_max
+        found = tf.reduce_any(refined)
+        verdict = tf.where(not_immunized, 2, tf.where(intact, 0, tf.where(found, 1, 0)))
+        threshold = tf.where(not_immunized | intact, tf.constant(self.flag, tf.float64), otsu)
+        mask = tf.where(not_immunized, tf.ones_like(refined),
+                        tf.where(intact, tf.zeros_like(refined), refined))
+        return tf.cast(verdict, tf.int32), threshold, mask, flagged
+
+    def _full_mask(self, mask_small, height, width):
+        """The working-size mask at the received size, as Imuge.verify resizes it."""
+        import tensorflow as tf
+
+        scaled = tf.image.resize(tf.cast(mask_small, tf.float32)[None, :, :, None],
+                                 tf.stack([height, width]), method="bilinear", antialias=False)
+        return scaled[0, :, :, 0] >= 0.5
+
+    def _decoder_mask(self, full_mask):
+        """The decoder's working-size mask, as Imuge.recover_with_mask makes it."""
+        import tensorflow as tf
+
+        small = tf.image.resize(tf.cast(full_mask, tf.float32)[None, :, :, None],
+                                (self.size, self.size), method="bilinear", antialias=True)
+        return tf.cast(small[0] > 0.05, tf.float32)
+
+    def _recover_small(self, small, masks):
+        """The decoder on working-size images and masks (batched), as Imuge.recover_with_mask."""
+        import tensorflow as tf
+
+        from imuge_tf.attacks.tamper import pyramid_fill
+
+        if self.prefill:
+            rectified = pyramid_fill(small, masks)
+            correction = self.decoder([rectified, masks], training=False)
+            return tf.clip_by_value(rectified + correction, 0.0, 1.0)
+        return self.decoder([small * (1.0 - masks), masks], training=False)
+
+    # -- the analysis shared by both signatures
+    def _analyse(self, small, sizes):
+        import tensorflow as tf
+
+        probability = self.verifier(small, training=False)
+        verdict, threshold, mask_small, flagged = tf.map_fn(
+            self._decide, probability,
+            fn_output_signature=(tf.int32, tf.float64,
+                                 tf.TensorSpec([self.size, self.size], tf.bool), tf.float64))
+
+        def full_size(args):
+            mask, size = args
+            full = self._full_mask(mask, size[0], size[1])
+            fraction = tf.reduce_mean(tf.cast(full, tf.float64))
+            return fraction, self._decoder_mask(full)
+
+        fraction, decoder_masks = tf.map_fn(
+            full_size, (mask_small, sizes),
+            fn_output_signature=(tf.float64,
+                                 tf.TensorSpec([self.size, self.size, 1], tf.float32)))
+        recovered = self._recover_small(small, decoder_masks)
+        return {"probability": probability, "verdict": verdict, "threshold": threshold,
+                "mask_small": mask_small, "flagged": flagged, "fraction": fraction,
+                "recovered_small": recovered}
+
+    def _common_outputs(self, analysis):
+        import tensorflow as tf
+
+        count = tf.shape(analysis["verdict"])[0]
+        return {
+            "verdict": tf.gather(tf.constant(self.verdicts), analysis["verdict"]),
+            "tampered_fraction": tf.cast(analysis["fraction"], tf.float32),
+            "flagged_fraction": tf.cast(analysis["flagged"], tf.float32),
+            "threshold": tf.cast(analysis["threshold"], tf.float32),
+            "intact_max_fraction": tf.fill([count], tf.constant(self.intact_max, tf.float32)),
+            "not_immunized_min_fraction": tf.fill(
+                [count], tf.constant(self.not_immunized_min, tf.float32)),
+        }
+
+    # -- the signatures
+    def serve_bytes(self, images):
+        """Encoded images [N] (string) -> verdicts, fractions and PNGs at the received sizes."""
+        import tensorflow as tf
+
+        def working(data):
+            image = self._decode(data)
+            return self._working(image), tf.shape(image)[:2]
+
+        small, sizes = tf.map_fn(
+            working, images,
+            fn_output_signature=(tf.TensorSpec([self.size, self.size, 3], tf.float32),
+                                 tf.TensorSpec([2], tf.int32)))
+        analysis = self._analyse(small, sizes)
+
+        def pngs(args):
+            data, mask_small, recovered_small, verdict = args
+            image = self._decode(data)
+            height, width = tf.shape(image)[0], tf.shape(image)[1]
+            full = self._full_mask(mask_small, height, width)
+            mask_png = tf.io.encode_png(tf.cast(full, tf.uint8)[:, :, None] * 255)
+            recovered = tf.image.resize(recovered_small[None], tf.stack([height, width]),
+                                        method="bilinear", antialias=False)[0]
+            recovered = tf.cast(tf.round(tf.clip_by_value(recovered, 0.0, 1.0) * 255.0),
+                                tf.uint8)
+            # Only a tampered photo is changed, and only inside the mask (Imuge.recover).
+            replace = tf.logical_and(full, tf.equal(verdict, 1))[:, :, None]
+            recovered_png = tf.io.encode_png(tf.where(replace, recovered, image))
+            return mask_png, recovered_png
+
+        mask_png, recovered_png = tf.map_fn(
+            pngs, (images, analysis["mask_small"], analysis["recovered_small"],
+                   analysis["verdict"]),
+            fn_output_signature=(tf.string, tf.string))
+        return {**self._common_outputs(analysis),
+                "height": sizes[:, 0], "width": sizes[:, 1],
+                "mask_png_bytes": mask_png, "recovered_png_bytes": recovered_png}
+
+    def verify_tensor(self, images):
+        """Float images [N, S, S, 3] in [0, 1] -> probability, mask, verdict and recovered."""
+        import tensorflow as tf
+
+        count = tf.shape(images)[0]
+        sizes = tf.tile(tf.constant([[self.size, self.size]], tf.int32), [count, 1])
+        analysis = self._analyse(images, sizes)
+        tampered = tf.equal(analysis["verdict"], 1)[:, None, None, None]
+        replace = tf.logical_and(analysis["mask_small"][:, :, :, None], tampered)
+        recovered = tf.where(replace, analysis["recovered_small"], images)
+        return {**self._common_outputs(analysis),
+                "probability": analysis["probability"],
+                "mask": tf.cast(analysis["mask_small"], tf.float32)[:, :, :, None],
+                "recovered": recovered}
+
+
+def save_serving_model(imuge, version_dir: str) -> str:
+    """Writes the verifier + decoder SavedModel (signatures serving_default, verify_tensor)."""
+    import keras
+    import tensorflow as tf
+
+    graph = _ServingGraph(imuge)
+    archive = keras.export.ExportArchive()
+    archive.track(imuge.verifier)
+    archive.track(imuge.decoder)
+    size = graph.size
+    archive.add_endpoint("serving_default", graph.serve_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint(
+        "verify_tensor", graph.verify_tensor,
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    archive.write_out(version_dir, verbose=False)
+    return version_dir
+
+
+def warmup_image(image_size: int) -> bytes:
+    """A small PNG photo (a bundled one, scaled) for warm-up requests and examples."""
+    import io
+
+    from PIL import Image
+
+    from imuge_tf.samples import sample_photo
+
+    photo = Image.fromarray(sample_photo("coffee"))
+    photo = photo.resize((image_size + image_size // 2, image_size), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_warmup_requests(version_dir: str, image_size: int) -> str:
+    """TF Serving warm-up: PredictionLog records for both signatures, batches of 1 and 2, so
+    that the first real requests do not pay for tracing and memory allocation."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    png = warmup_image(image_size)
+    working = np.full((1, image_size, image_size, 3), 0.5, np.float32)
+    requests = [
+        ("serving_default", np.array([png], dtype=object)),
+        ("serving_default", np.array([png, png], dtype=object)),
+        ("verify_tensor", working),
+    ]
+    path = os.path.join(version_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature, value in requests:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=SERVING_NAME, signature_name=signature))
+            request.inputs["images"].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of a SavedModel's graph
+
+
+def graph_ops(saved_model_dir: str) -> set:
+    """Every op type in a SavedModel: its graph and every function of its library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as handle:
+        model.ParseFromString(handle.read())
+    ops = set()
+    for meta_graph in model.meta_graphs:
+        ops.update(node.op for node in meta_graph.graph_def.node)
+        for function in meta_graph.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops
+
+
+def nonstock_ops(saved_model_dir: str) -> list:
+    """Op types of the SavedModel that stock TensorFlow does not register, or that call back
+    into Python (PyFunc and friends, which no model server can run). Empty is good."""
+    from tensorflow.python.framework import op_def_registry
+
+    python_ops = {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    # Function calls name library functions, not registered ops; graph_ops lists their
+    # bodies too, so skipping the names of library functions loses nothing.
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    model = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as handle:
+        model.ParseFromString(handle.read())
+    functions = {function.signature.name for meta_graph in model.meta_graphs
+                 for function in meta_graph.graph_def.library.function}
+    return sorted(op for op in graph_ops(saved_model_dir)
+                  if op in python_ops or (op not in functions
+                                          and op_def_registry.get(op) is None))
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole export
+
+
+def check_out_dir(out_dir: str, force: bool) -> None:
+    if not os.path.exists(out_dir):
+        return
+    if not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir} exists and is not a folder")
+    entries = os.listdir(out_dir)
+    if not entries:
+        return
+    if MANIFEST not in entries:
+        # Never replace a folder that an export did not make: it may hold anything.
+        raise ExportError(f"{out_dir} is not empty and holds no earlier export "
+                          f"({MANIFEST}); choose a new or empty folder")
+    if not force:
+        raise ExportError(f"{out_dir} already holds an export; use --force to replace it")
+
+
+def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
+                 check_photos=None, progress=None) -> dict:
+    """Writes every export of `imuge` under `out_dir` (see the module docstring).
+
+    The TFLite variants are checked against the Keras encoder on `check_photos` (default: the
+    photos bundled with scikit-image): their residuals (8-bit levels) and, end to end, the
+    localization F1 and recovery PSNR when the Keras verifier and decoder process photos
+    immunized by them. A variant that fails is not written (fp32 failing is an ExportError);
+    the manifest and the returned dict say what was written and why something was not.
+    The export is built in a temporary folder next to `out_dir` and moved into place at the
+    end, so `out_dir` never holds half an export.
+    """
+    from imuge_tf.samples import sample_photos
+
+    say = progress or (lambda message: None)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    check_out_dir(out_dir, force)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    try:
+        size = imuge.image_size
+        photos = list(check_photos) if check_photos is not None else sample_photos()
+        manifest = {
+            "format_version": 1,
+            "source": imuge.source,
+            "image_size": size,
+            "step": imuge.metadata.get("step"),
+            "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "verdict_thresholds": dict(imuge.thresholds),
+            "decoder_prefill": imuge.decoder_prefill,
+            "encoder": {"input": {"name": "image", "shape": [1, size, size, 3],
+                                  "dtype": "float32", "range": [0.0, 1.0]},
+                        "output": {"name": "residual", "shape": [1, size, size, 3],
+                                   "dtype": "float32", "range": [-1.0, 1.0]},
+                        "saved_model": "encoder/saved_model", "tflite": {}, "withheld": {}},
+            "serving": {"model_dir": f"serving/{SERVING_NAME}",
+                        "version_dir": f"serving/{SERVING_NAME}/{SERVING_VERSION}",
+                        "signatures": ["serving_default", "verify_tensor"]},
+        }
+
+        say("encoder: SavedModel")
+        encoder_dir = os.path.join(work, "encoder")
+        saved = save_encoder(imuge.encoder, size, os.path.join(encoder_dir, "saved_model"))
+        calibration = representative_images(size, photos=photos)
+        checks = calibration[:len(photos)]
+        cases = parity_cases(size, photos)
+        say("parity: the Keras path")
+        reference = end_to_end(imuge, imuge.encoder, cases)
+        manifest["encoder"]["keras_reference"] = {
+            key: reference[key] for key in ("f1", "psnr", "l_psnr")}
+        variants = ENCODER_VARIANTS if int8 else REQUIRED_VARIANTS
+        for variant in variants:
+            say(f"encoder: TFLite {variant}")
+            try:
+                model = convert_saved_model(saved, variant,
+                                            calibration if variant == "int8" else None)
+            except ExportError as error:
+                if variant in REQUIRED_VARIANTS:
+                    raise
+                manifest["encoder"]["withheld"][variant] = {"reason": str(error)}
+                continue
+            runner = TFLiteEncoder(model)
+            error = residual_error(imuge.encoder, runner, checks)
+            ok, reason = residual_gate(variant, error)
+            parity = compare_end_to_end(reference, end_to_end(imuge, runner, cases))
+            if ok and not parity["holds"]:
+                ok, reason = False, (f"end-to-end parity fails: F1 {parity['f1_delta']:+.4f}, "
+                                     f"PSNR {parity['psnr_delta_db']:+.3f} dB (tolerances "
+                                     f"{F1_TOLERANCE} / {PSNR_TOLERANCE_DB} dB)")
+            record = {"residual_error": error,
+                      **{k: v for k, v in parity.items() if k != "holds"}}
+            if not ok:
+                if variant == "fp32":
+                    raise ExportError(f"TFLite fp32 encoder does not match Keras: {reason}")
+                manifest["encoder"]["withheld"][variant] = {"reason": reason, **record}
+                continue
+            ops = tflite_ops(model)
+            filename = f"encoder_{variant}.tflite"
+            with open(os.path.join(encoder_dir, filename), "wb") as handle:
+                handle.write(model)
+            manifest["encoder"]["tflite"][variant] = {
+                "file": f"encoder/{filename}", "bytes": len(model), "ops": ops, **record}
+
+        say("serving: verifier + decoder SavedModel")
+        serving_dir = os.path.join(work, "serving")
+        version_dir = os.path.join(serving_dir, SERVING_NAME, str(SERVING_VERSION))
+        save_serving_model(imuge, version_dir)
+        bad = nonstock_ops(version_dir)
+        if bad:
+            raise ExportError(f"the serving SavedModel uses ops TF Serving lacks: {bad}")
+        write_warmup_requests(version_dir, size)
+        with open(os.path.join(serving_dir, "models.config"), "w") as handle:
+            handle.write(MODELS_CONFIG)
+        with open(os.path.join(serving_dir, "batching_parameters.txt"), "w") as handle:
+            handle.write(BATCHING_PARAMETERS)
+        with open(os.path.join(work, MANIFEST), "w") as handle:
+            json.dump(manifest, handle, indent=2)
+
+        if os.path.exists(out_dir):
+            # Checked above: empty, or an earlier export replaced with force.
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+        os.chmod(out_dir, 0o755 & ~_umask())
+    finally:
+        if os.path.exists(work):
+            shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
