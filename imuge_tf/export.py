@@ -404,6 +404,7 @@ class _ServingGraph:
 
     def __init__(self, imuge):
         from imuge_tf.inference import FLAG_PROBABILITY, MIN_SIDE, MORPHOLOGY_KERNEL, VERDICTS
+        from imuge_tf.io import DEFAULT_MAX_PIXELS
 
         self.verifier = imuge.verifier
         self.decoder = imuge.decoder
@@ -413,13 +414,41 @@ class _ServingGraph:
         self.not_immunized_min = float(imuge.thresholds["not_immunized_min_fraction"])
         self.flag = float(FLAG_PROBABILITY)
         self.min_side = int(MIN_SIDE)
+        self.max_pixels = int(DEFAULT_MAX_PIXELS)
         self.kernel = int(MORPHOLOGY_KERNEL)
         self.verdicts = tuple(VERDICTS)
 
     # -- pieces
+    def _declared_pixels(self, data):
+        """Width x height from a PNG's or JPEG's header (0 for other formats), read before
+        decoding so that a small file declaring a huge image is refused without decoding it."""
+        import tensorflow as tf
+
+        png_header = tf.logical_and(
+            tf.strings.length(data) >= 24,
+            tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n"))
+
+        def png():
+            # IHDR: width and height, big-endian int32, at bytes 16-23.
+            size = tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32,
+                                    little_endian=False)
+            return tf.cast(size[0], tf.int64) * tf.cast(size[1], tf.int64)
+
+        def jpeg():
+            shape = tf.io.extract_jpeg_shape(data, output_type=tf.int64)
+            return shape[0] * shape[1]
+
+        return tf.cond(tf.io.is_jpeg(data), jpeg,
+                       lambda: tf.cond(png_header, png, lambda: tf.constant(0, tf.int64)))
+
     def _decode(self, data):
         import tensorflow as tf
 
+        too_large = tf.debugging.assert_less_equal(
+            self._declared_pixels(data), tf.constant(self.max_pixels, tf.int64),
+            message=f"image too large: more than {self.max_pixels} pixels")
+        with tf.control_dependencies([too_large]):
+            data = tf.identity(data)
         # tf.io.decode_image decodes JPEG with libjpeg's fast integer IDCT, which is up to 6
         # levels away from Pillow's (and so from a local `imuge verify`): enough to disturb
         # a residual of a few levels. The accurate IDCT gives Pillow's pixels exactly.

@@ -81,6 +81,25 @@ class Model:
         self.inputs = {key: fn.structured_input_signature[1]
                        for key, fn in self.signatures.items()}
         self.signature_defs = self._read_signature_defs()
+        self.warmed_up = self._warm_up()
+
+    def _warm_up(self) -> int:
+        """Replays assets.extra/tf_serving_warmup_requests as TF Serving does when it loads a
+        version (and, like it, fails to load a model whose warm-up fails). Returns the count."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = os.path.join(self.path, "assets.extra", "tf_serving_warmup_requests")
+        if not os.path.isfile(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+            signature = self.signatures[request.model_spec.signature_name or DEFAULT_SIGNATURE]
+            signature(**{key: tf.constant(tf.make_ndarray(value))
+                         for key, value in request.inputs.items()})
+            count += 1
+        return count
 
     def _read_signature_defs(self):
         from tensorflow.core.protobuf import saved_model_pb2

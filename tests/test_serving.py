@@ -356,6 +356,8 @@ def test_warmup_requests_are_prediction_logs_that_run(hand_set, model):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
+    assert model.warmed_up >= 2  # `imuge serve` replayed them when it loaded the model
+
     path = os.path.join(hand_set[2], "1", ex.WARMUP_FILE)
     records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
     assert len(records) >= 2
@@ -465,6 +467,13 @@ def too_small_png():
     return encode(calm_photo(0, 8, 40))
 
 
+def huge_png_header():
+    """A small PNG whose header declares 100000 x 100000 pixels."""
+    data = bytearray(encode(calm_photo(0)))
+    data[16:24] = (100000).to_bytes(4, "big") * 2
+    return bytes(data)
+
+
 @pytest.mark.parametrize("payload, message", [
     ({"instances": [1.5]}, "takes strings"),
     ({"instances": [{"b64": ""}]}, "empty"),
@@ -472,6 +481,7 @@ def too_small_png():
     ({"instances": [{"b64": "%%%not base64%%%"}]}, "base64"),
     ({"instances": []}, "empty"),
     ({"instances": [b64(too_small_png())]}, "too small"),
+    ({"instances": [b64(huge_png_header())]}, "too large"),
     ({"inputs": [b"x".hex()], "instances": []}, "exactly one"),
     ({"signature_name": "nope", "instances": ["x"]}, "nope"),
     ({"signature_name": "verify_tensor", "instances": [[[0.5, 0.5, 0.5]]]}, "shape"),
