@@ -76,6 +76,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a config field, e.g. "
                                                   "--set train.epochs=5 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--init-from", default=None, metavar="WORKDIR",
+                        help="start a new run from the network weights of another work "
+                             "directory's latest checkpoint (fine-tuning; a fresh schedule "
+                             "and fresh optimizers)")
 
 
 def run_train(args) -> int:
@@ -87,7 +91,7 @@ def run_train(args) -> int:
     workdir = args.workdir or os.path.join("runs", config.name)
     images = args.data if args.data is not None else sample_photos()
     train(config, images, workdir, strategy_name=args.strategy,
-          verbose=0 if args.quiet else "auto")
+          verbose=0 if args.quiet else "auto", init_from=args.init_from)
     return EXIT_OK
 
 

@@ -178,11 +178,41 @@ class WorkdirCallback(keras.callbacks.Callback):
         return os.path.join(self.manager.directory, f"ckpt-{step}")
 
 
+def _warm_start(model, source_workdir: str) -> str:
+    """Loads the networks' weights (not the optimizer state or the step counter) from the
+    latest checkpoint of another work directory: fine-tuning starts a fresh schedule.
+
+    Keras 3 networks reach the checkpoint through the optimizers, which hold them in
+    `_trainable_variables` in a fixed order; they are read from there by position, with every
+    shape checked, so the source run must have the same architecture.
+    """
+    path = tf.train.latest_checkpoint(os.path.join(source_workdir, "checkpoints"))
+    if path is None:
+        raise TrainingError(f"--init-from: no checkpoint in {source_workdir}/checkpoints")
+    reader = tf.train.load_checkpoint(path)
+    for optimizer_name, variables in (("generator_optimizer", model.generator_variables),
+                                      ("discriminator_optimizer",
+                                       model.discriminator_variables)):
+        for index, variable in enumerate(variables):
+            key = f"{optimizer_name}/_trainable_variables/{index}/.ATTRIBUTES/VARIABLE_VALUE"
+            if not reader.has_tensor(key):
+                raise TrainingError(f"--init-from: {path} lacks {variable.path}: "
+                                    "was it trained with the same model settings?")
+            value = reader.get_tensor(key)
+            if tuple(value.shape) != tuple(variable.shape):
+                raise TrainingError(f"--init-from: {variable.path} is {tuple(variable.shape)} "
+                                    f"here but {tuple(value.shape)} in {path}")
+            variable.assign(value)
+    return path
+
+
 def train(config: Config, images, workdir: str, strategy_name: str = "default",
-          verbose: int | str = "auto", log=print) -> dict:
+          verbose: int | str = "auto", log=print, init_from: str | None = None) -> dict:
     """Trains (or resumes) the run in `workdir`; returns a summary dict.
 
-    `images` is a folder of photos or a list of uint8 arrays.
+    `images` is a folder of photos or a list of uint8 arrays. `init_from` (another work
+    directory) starts a new run from that run's network weights; a run that already has its
+    own checkpoint resumes from it instead.
     """
     strategy = select_strategy(strategy_name)
     is_chief, task_id = worker_role(strategy)
@@ -211,6 +241,8 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
         restore_path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
         if restore_path:
             checkpoint.restore(restore_path).expect_partial()
+        elif init_from:
+            log(f"starting from the networks of {_warm_start(model, init_from)}")
 
     start_step = int(model.optimizer.iterations.numpy())
     total_steps = train_config.epochs * train_config.steps_per_epoch
