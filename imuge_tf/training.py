@@ -188,7 +188,7 @@ def _warm_start(model, source_workdir: str) -> str:
     """
     path = tf.train.latest_checkpoint(os.path.join(source_workdir, "checkpoints"))
     if path is None:
-        raise TrainingError(f"--init-from: no checkpoint in {source_workdir}/checkpoints")
+        return _warm_start_from_inference(model, source_workdir)
     reader = tf.train.load_checkpoint(path)
     for optimizer_name, variables in (("generator_optimizer", model.generator_variables),
                                       ("discriminator_optimizer",
@@ -204,6 +204,26 @@ def _warm_start(model, source_workdir: str) -> str:
                                     f"here but {tuple(value.shape)} in {path}")
             variable.assign(value)
     return path
+
+
+def _warm_start_from_inference(model, folder: str) -> str:
+    """Without a checkpoint: E, V and R from inference `.keras` files (a work directory's
+    `inference/` or a shipped model folder); the discriminators start fresh."""
+    for candidate in (folder, os.path.join(folder, "inference")):
+        if os.path.isfile(os.path.join(candidate, "imuge.json")):
+            break
+    else:
+        raise TrainingError(f"--init-from: no checkpoint in {folder}/checkpoints and no "
+                            f"inference networks (imuge.json) in {folder}")
+    for name in ("encoder", "verifier", "decoder"):
+        source = keras.saving.load_model(os.path.join(candidate, f"{name}.keras"),
+                                         compile=False)
+        try:
+            getattr(model, name).set_weights(source.get_weights())
+        except ValueError as error:
+            raise TrainingError(f"--init-from: {name} does not match {candidate}: {error}") \
+                from None
+    return candidate
 
 
 def train(config: Config, images, workdir: str, strategy_name: str = "default",

@@ -259,5 +259,10 @@ def test_init_from_copies_the_networks_but_not_the_schedule(tmp_path):
     for loaded, expected in zip(fresh.encoder.get_weights(), trained.get_weights()):
         np.testing.assert_array_equal(loaded, expected)
     assert int(fresh.optimizer.iterations.numpy()) == 0  # a fresh schedule
+    # Without a checkpoint, the inference networks of a folder (e.g. a shipped model) serve.
+    other = compile_imuge(build_imuge(config), config)
+    _warm_start(other, str(first / "inference"))
+    for loaded, expected in zip(other.encoder.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(loaded, expected)
     with pytest.raises(TrainingError, match="no checkpoint"):
         _warm_start(fresh, str(tmp_path / "nowhere"))
