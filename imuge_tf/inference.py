@@ -28,6 +28,34 @@ FLAG_PROBABILITY = 0.5  # a pixel counts as flagged for the verdict above this p
 MORPHOLOGY_KERNEL = 4  # paper section 3.5
 
 
+HALF_SUFFIX = ".f16.npz"  # weights stored in float16 (the shipped model, to halve its size)
+
+
+def _load_half(name, path, metadata):
+    """A network rebuilt from the stored config, with float16-stored weights as float32."""
+    from imuge_tf.config import config_from_dict
+    from imuge_tf.models import factory
+
+    config = config_from_dict(metadata["config"])
+    network = getattr(factory, f"build_{name}")(config)
+    with np.load(path) as stored:
+        weights = [stored[f"w{index:04d}"].astype(np.float32) for index in range(len(stored))]
+    try:
+        network.set_weights(weights)
+    except ValueError as error:
+        raise ModelNotFoundError(f"{path} does not fit the {name} of its config: {error}") \
+            from None
+    return network
+
+
+def save_half(network, path):
+    """Stores a network's weights in float16 (`_load_half` reads them back), atomically."""
+    partial = f"{path}.partial.npz"
+    np.savez_compressed(partial, **{f"w{index:04d}": weight.astype(np.float16)
+                                    for index, weight in enumerate(network.get_weights())})
+    os.replace(partial, path)
+
+
 class ModelNotFoundError(ValueError):
     """No weights where they were looked for."""
 
@@ -139,7 +167,10 @@ class Imuge:
             network_path = os.path.join(folder, filename)
             if not os.path.isfile(network_path):
                 raise ModelNotFoundError(f"missing {network_path}")
-            networks[name] = keras.saving.load_model(network_path, compile=False)
+            if filename.endswith(HALF_SUFFIX):
+                networks[name] = _load_half(name, network_path, metadata)
+            else:
+                networks[name] = keras.saving.load_model(network_path, compile=False)
         model_config = metadata.get("config", {}).get("model", {})
         return cls(**networks, image_size=metadata["image_size"],
                    decoder_prefill=model_config.get("decoder_prefill", False),

@@ -69,6 +69,7 @@ def atomic_write_text(path: str, text: str) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; the result is a normal file
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
