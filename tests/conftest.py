@@ -42,10 +42,13 @@ def photo_dir(tmp_path_factory) -> str:
 def untrained_model_dir(tmp_path_factory) -> str:
     """Inference weights of an untrained smoke-config model (with pre-fill on), written the
     way training writes them: fast to make, for tests of plumbing rather than quality."""
+    import keras
+
     from imuge_tf.config import load_config
     from imuge_tf.models.factory import build_imuge
     from imuge_tf.training import save_inference_networks
 
+    keras.utils.set_random_seed(0)  # the same weights in every session
     config = load_config("smoke", ["model.decoder_prefill=true"])
     folder = tmp_path_factory.mktemp("untrained") / "inference"
     save_inference_networks(build_imuge(config), config, str(folder), step=0)
