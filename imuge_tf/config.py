@@ -55,6 +55,8 @@ class ModelConfig:
     decoder_prefill: bool = False  # R corrects a push-pull fill of the hole instead of
     #                                painting it from nothing (tanh residual, zero-initialised)
     quantize_immunized: bool = False  # round I_M to 8 bits (straight-through), as it is saved
+    context_shift: bool = False  # every U-Net also sees its input shifted by half the image,
+    #                              so a region's content can be hidden in the opposite region
 
     def validate(self) -> None:
         _check(self.image_size >= 32 and self.image_size % 16 == 0, "model.image_size",
@@ -80,10 +82,14 @@ class LossConfig:
     # shortfall of PSNR(I, I_M) below this target in dB (weighted by gamma), so the encoder is
     # free above the target and held at it, instead of being pushed to an invisible residual.
     immunization_psnr_target: float = 0.0
+    # 0 = the paper: E gets no L_cls gradient while decoupled and alpha * L_cls after. > 0 =
+    # E always gets the L_cls gradient at this weight (V keeps the paper's schedule), so the
+    # encoder learns a mark that the verifier can find from the first step.
+    encoder_classification_weight: float = 0.0
 
     def validate(self) -> None:
         for name in ("classification_weight", "adversarial_weight", "immunization_weight",
-                     "container_adversarial_weight"):
+                     "container_adversarial_weight", "encoder_classification_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "a number >= 0")
         _check(0.0 <= self.immunization_psnr_target <= 99.0, "loss.immunization_psnr_target",
                "0 (flat L_C) or a PSNR target in dB below 99")

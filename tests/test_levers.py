@@ -10,6 +10,7 @@ from imuge_tf.attacks.tamper import pyramid_fill
 from imuge_tf.config import load_config
 from imuge_tf.data import make_dataset
 from imuge_tf.models.factory import build_imuge
+from imuge_tf.models.segments import HalfShift
 from imuge_tf.samples import sample_photos
 
 
@@ -32,6 +33,8 @@ def test_the_paper_setting_is_the_default():
     assert config.loss.immunization_psnr_target == 0.0
     assert config.attacks.never_immunized_probability == 0.0
     assert config.attacks.residual_removal_probability == 0.0
+    assert not config.model.context_shift
+    assert config.loss.encoder_classification_weight == 0.0
 
 
 def test_fidelity_hinge_is_zero_above_the_target_and_grows_below():
@@ -104,8 +107,61 @@ def test_levers_round_trip_through_get_config():
     model = build_imuge(load_config("smoke", [
         "model.decoder_prefill=true", "model.quantize_immunized=true",
         "loss.immunization_psnr_target=35", "attacks.never_immunized_probability=0.2",
-        "attacks.residual_removal_probability=0.3"]))
+        "attacks.residual_removal_probability=0.3", "model.context_shift=true",
+        "loss.encoder_classification_weight=0.1"]))
     restored = type(model).from_config(model.get_config())
     for name in ("decoder_prefill", "quantize_immunized", "immunization_psnr_target",
-                 "never_immunized_probability", "residual_removal_probability"):
+                 "never_immunized_probability", "residual_removal_probability",
+                 "encoder_classification_weight"):
         assert getattr(restored, name) == getattr(model, name)
+    assert restored.encoder.context_shift and restored.decoder.context_shift
+
+
+def test_half_shift_joins_the_opposite_region_and_is_its_own_inverse():
+    image = tf.random.stateless_uniform([1, 8, 6, 2], seed=[3, 4])
+    joined = HalfShift()(image).numpy()
+    np.testing.assert_array_equal(joined[..., :2], image.numpy())
+    np.testing.assert_array_equal(joined[0, 0, 0, 2:], image.numpy()[0, 4, 3])
+    twice = HalfShift()(joined[..., 2:]).numpy()[..., 2:]
+    np.testing.assert_array_equal(twice, image.numpy())
+
+
+def test_context_shift_lets_the_encoder_see_the_opposite_region():
+    """Changing one block changes the residual half an image away, and only with the lever:
+    without it, the smoke U-Net's receptive field (about 190 px, no normalization statistics
+    here) does not reach 128 px in both directions."""
+    image = np.asarray(sample_photos()[0][:256, :256], np.float32) / 255.0
+    changed = image.copy()
+    changed[200:216, 200:216] = 0.0
+    for shift in (True, False):
+        encoder = build_imuge(load_config(
+            "smoke", [f"model.context_shift={str(shift).lower()}", "model.norm=none"])).encoder
+        before, after = encoder(image[None]).numpy(), encoder(changed[None]).numpy()
+        far = np.abs(after[0, 72:88, 72:88] - before[0, 72:88, 72:88]).max()
+        assert (far > 1e-4) == shift, (shift, far)
+
+
+@pytest.mark.parametrize("decoupled", [True, False])
+def test_encoder_classification_weight_sends_l_cls_into_the_encoder(batch, decoupled):
+    """Paper: no L_cls gradient reaches E while decoupled. With the lever, E gets exactly
+    `encoder_classification_weight` times the L_cls gradient, decoupled or not."""
+    def encoder_gradient(overrides):
+        tf.keras.utils.set_random_seed(0)
+        model = build_imuge(load_config("smoke", overrides))
+        with tf.GradientTape() as tape:
+            outputs = model.forward(batch, tf.constant(4), tf.constant(1.0),
+                                    tf.constant(decoupled), training=True)
+            loss = losses.tamper_classification_loss(outputs["predicted_mask"],
+                                                     outputs["true_mask"])
+        gradient = tape.gradient(loss, model.encoder.trainable_variables[0])
+        return None if gradient is None else gradient.numpy()
+
+    paper = encoder_gradient([])
+    lever = encoder_gradient(["loss.encoder_classification_weight=0.5"])
+    assert lever is not None and np.abs(lever).max() > 0
+    if decoupled:
+        assert paper is None or np.abs(paper).max() == 0
+    else:
+        # After decoupling the paper's E gradient is that of L_cls itself (weight applied in
+        # L_G); the lever rescales it to weight / classification_weight.
+        np.testing.assert_allclose(lever, paper * 0.5 / 0.01, rtol=1e-3, atol=1e-9)

@@ -23,6 +23,7 @@ def _unet_arguments(config: Config) -> dict:
         "max_filters": model.max_filters,
         "norm": model.norm,
         "middle_dilations": model.middle_dilations,
+        "context_shift": model.context_shift,
     }
 
 
@@ -97,6 +98,7 @@ def build_imuge(config: Config) -> ImugeModel:
         decoder_prefill=model.decoder_prefill,
         quantize_immunized=model.quantize_immunized,
         immunization_psnr_target=loss.immunization_psnr_target,
+        encoder_classification_weight=loss.encoder_classification_weight,
         never_immunized_probability=config.attacks.never_immunized_probability,
         residual_removal_probability=config.attacks.residual_removal_probability,
         name="imuge",

@@ -73,6 +73,8 @@ class ImugeModel(keras.Model):
             verifier target is all ones and they take no part in L_R.
         residual_removal_probability: share of samples whose donor is their own original,
             so donor-based tampers remove the immunization only.
+        encoder_classification_weight: 0 for the paper's schedule; else the weight of the
+            L_cls gradient that reaches E at every step, decoupled or not.
     """
 
     def __init__(self, encoder, verifier, decoder, container_discriminator=None,
@@ -82,7 +84,8 @@ class ImugeModel(keras.Model):
                  fade_fraction=0.5, decoupling_epochs=100, progressive_recovery=True,
                  task_decoupling=True, decoder_prefill=False, quantize_immunized=False,
                  immunization_psnr_target=0.0, never_immunized_probability=0.0,
-                 residual_removal_probability=0.0, **kwargs):
+                 residual_removal_probability=0.0, encoder_classification_weight=0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         if (container_discriminator is None) != (recovery_discriminator is None):
             raise ValueError("give both discriminators or neither")
@@ -111,6 +114,7 @@ class ImugeModel(keras.Model):
         self.immunization_psnr_target = float(immunization_psnr_target)
         self.never_immunized_probability = float(never_immunized_probability)
         self.residual_removal_probability = float(residual_removal_probability)
+        self.encoder_classification_weight = float(encoder_classification_weight)
         self.trackers = {name: keras.metrics.Mean(name=name)
                          for name in (*LOSS_NAMES, *QUALITY_NAMES)}
         self.built = True
@@ -203,9 +207,7 @@ class ImugeModel(keras.Model):
                              attacked_out["mask"])
 
         if self.use_verifier:
-            # While decoupled, V learns from L_cls alone: no gradient flows back into E.
-            verifier_input = tf.cond(decoupled, lambda: tf.stop_gradient(attacked),
-                                     lambda: attacked)
+            verifier_input = self._verifier_input(attacked, decoupled)
             predicted_mask = self.verifier(verifier_input, training=training)
             decoder_mask = tf.where(decoupled, true_mask, predicted_mask)
         else:
@@ -229,6 +231,20 @@ class ImugeModel(keras.Model):
             "reference": reference,
             "never_immunized": never_immunized,
         }
+
+    def _verifier_input(self, attacked, decoupled):
+        """The attacked image as V sees it, with the share of L_cls's gradient that reaches E.
+
+        Paper: while decoupled, V learns from L_cls alone (no gradient into E). With
+        `encoder_classification_weight` w, E always gets w times the L_cls gradient: the input
+        keeps its value and its gradient is rescaled from V's loss weight to w.
+        """
+        if self.encoder_classification_weight <= 0:
+            return tf.cond(decoupled, lambda: tf.stop_gradient(attacked), lambda: attacked)
+        verifier_weight = tf.where(decoupled, 1.0, self.classification_weight)
+        scale = self.encoder_classification_weight / tf.maximum(verifier_weight, 1e-8)
+        frozen = tf.stop_gradient(attacked)
+        return frozen + scale * (attacked - frozen)
 
     def _recover(self, images, rectified, mask, stage, alpha, training):
         """Runs the decoder at the current progressive stage; returns (I_R, its target).
@@ -403,6 +419,7 @@ class ImugeModel(keras.Model):
             immunization_psnr_target=self.immunization_psnr_target,
             never_immunized_probability=self.never_immunized_probability,
             residual_removal_probability=self.residual_removal_probability,
+            encoder_classification_weight=self.encoder_classification_weight,
         )
         return config
 

@@ -9,6 +9,27 @@ import keras
 ACTIVATION = "elu"
 
 
+@keras.saving.register_keras_serializable(package="imuge_tf")
+class HalfShift(keras.layers.Layer):
+    """Joins to its input a copy circularly shifted by half the height and half the width.
+
+    With it, a convolution at one pixel also sees the pixel half an image away, so the encoder
+    can hide the content of one region in a distant one and the decoder and verifier can read
+    it back with local filters, instead of learning to route it through the bottleneck. The
+    shift by half is its own inverse, so both directions are the same layer.
+    """
+
+    def call(self, inputs):
+        height, width = keras.ops.shape(inputs)[1], keras.ops.shape(inputs)[2]
+        shifted = keras.ops.roll(inputs, height // 2, axis=1)
+        shifted = keras.ops.roll(shifted, width // 2, axis=2)
+        return keras.ops.concatenate([inputs, shifted], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        channels = None if input_shape[-1] is None else 2 * input_shape[-1]
+        return (*input_shape[:-1], channels)
+
+
 def normalization(norm: str, channels: int, name: str) -> keras.layers.Layer:
     """The normalization layer for `norm` in {"group", "batch", "instance", "none"}."""
     if norm == "group":

@@ -17,6 +17,7 @@ from imuge_tf.models.segments import (
     ConvNormAct,
     DecodingSegment,
     EncodingSegment,
+    HalfShift,
     MiddleSegment,
 )
 
@@ -63,19 +64,23 @@ class UNet(keras.Model):
         progressive: create the extra 1x1 layers used by `progressive_call` at stages 1-3.
         head_initializer: kernel initializer of the output heads ("zeros" makes a residual
             head start at exactly zero).
+        context_shift: the stem also sees its input shifted by half the image (`HalfShift`),
+            so that information can be hidden in, and read from, the opposite region.
     """
 
     def __init__(self, input_channels=3, output_channels=3, base_filters=16, max_filters=256,
                  norm="group", middle_dilations=(2, 4), output_activation="tanh",
                  mask_input=False, local_feature_sharing=False, progressive=False,
-                 head_initializer="glorot_uniform", name="unet", **kwargs):
+                 head_initializer="glorot_uniform", context_shift=False, name="unet",
+                 **kwargs):
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                              f"got '{output_activation}'")
         if local_feature_sharing and not mask_input:
             raise ValueError("local_feature_sharing needs mask_input=True (eq. 2 uses the mask)")
         channels = [min(base_filters * 2**level, max_filters) for level in range(LEVELS + 1)]
-        stem_channels = input_channels + (1 if mask_input else 0)
+        stem_channels = (input_channels + (1 if mask_input else 0)) * (2 if context_shift
+                                                                       else 1)
 
         # Layers first, so that the functional graph below and `progressive_call` share them.
         from_image = {0: ConvNormAct(channels[0], norm=norm, name=f"{name}_stem")}
@@ -100,7 +105,8 @@ class UNet(keras.Model):
 
         image = keras.Input((None, None, input_channels), name=f"{name}_image")
         mask = keras.Input((None, None, 1), name=f"{name}_mask") if mask_input else None
-        layers = (from_image, to_image, encoders, middle, decoders)
+        shift = HalfShift(name=f"{name}_half_shift") if context_shift else None
+        layers = (from_image, to_image, encoders, middle, decoders, shift)
         output = _forward(layers, image, mask, top=0, alpha=None,
                           share_features=local_feature_sharing)
         super().__init__(inputs=[image, mask] if mask_input else image, outputs=output,
@@ -117,6 +123,7 @@ class UNet(keras.Model):
         self.local_feature_sharing = local_feature_sharing
         self.progressive = progressive
         self.head_initializer = head_initializer
+        self.context_shift = context_shift
         self._unet_layers = layers
         # The stage-only layers are not in the functional graph: build them here so their
         # weights exist before an optimizer is built and before a `.keras` file is loaded.
@@ -162,6 +169,7 @@ class UNet(keras.Model):
             "local_feature_sharing": self.local_feature_sharing,
             "progressive": self.progressive,
             "head_initializer": self.head_initializer,
+            "context_shift": self.context_shift,
         }
 
     @classmethod
@@ -174,13 +182,13 @@ def _forward(layers, image, mask, top, alpha, share_features, training=None):
 
     `alpha=None` means no fading (the full network at its top level).
     """
-    from_image, to_image, encoders, middle, decoders = layers
+    from_image, to_image, encoders, middle, decoders, shift = layers
 
     def stem_input(level):
         x = pool_to_level(image, level) * 2.0 - 1.0  # the networks see images in [-1, 1]
         if mask is not None:
             x = keras.ops.concatenate([x, pool_to_level(mask, level)], axis=-1)
-        return x
+        return x if shift is None else shift(x)
 
     fading = alpha is not None
     features = {top: from_image[top](stem_input(top), training=training)}
