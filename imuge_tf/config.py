@@ -57,6 +57,8 @@ class ModelConfig:
     quantize_immunized: bool = False  # round I_M to 8 bits (straight-through), as it is saved
     context_shift: bool = False  # every U-Net also sees its input shifted by half the image,
     #                              so a region's content can be hidden in the opposite region
+    carrier_amplitude: float = 0.0  # > 0: E adds a fixed +-1 pattern of this many 8-bit grey
+    #                                 levels and V is fed its local strength (models/carrier.py)
 
     def validate(self) -> None:
         _check(self.image_size >= 32 and self.image_size % 16 == 0, "model.image_size",
@@ -67,6 +69,8 @@ class ModelConfig:
         _check(len(self.middle_dilations) >= 1 and all(d >= 1 for d in self.middle_dilations),
                "model.middle_dilations", "a non-empty list of dilation rates >= 1")
         _check(self.discriminator_filters >= 4, "model.discriminator_filters", "an integer >= 4")
+        _check(0.0 <= self.carrier_amplitude <= 32.0, "model.carrier_amplitude",
+               "a number of grey levels in [0, 32] (0 = no carrier)")
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,22 @@
 """The training levers beyond the paper (config switches, off by default): each does what its
 docstring says on a real batch."""
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
+from imuge_tf import export as ex
 from imuge_tf import losses
 from imuge_tf.attacks.tamper import pyramid_fill
-from imuge_tf.config import load_config
+from imuge_tf.config import ConfigError, load_config
 from imuge_tf.data import make_dataset
+from imuge_tf.models.carrier import CarrierEmbedding, CarrierReader, carrier_tile
 from imuge_tf.models.factory import build_imuge
 from imuge_tf.models.segments import HalfShift
+from imuge_tf.models.unet import UNet
 from imuge_tf.samples import sample_photos
 
 
@@ -35,6 +41,7 @@ def test_the_paper_setting_is_the_default():
     assert config.attacks.residual_removal_probability == 0.0
     assert not config.model.context_shift
     assert config.loss.encoder_classification_weight == 0.0
+    assert config.model.carrier_amplitude == 0.0
 
 
 def test_fidelity_hinge_is_zero_above_the_target_and_grows_below():
@@ -165,3 +172,72 @@ def test_encoder_classification_weight_sends_l_cls_into_the_encoder(batch, decou
         # After decoupling the paper's E gradient is that of L_cls itself (weight applied in
         # L_G); the lever rescales it to weight / classification_weight.
         np.testing.assert_allclose(lever, paper * 0.5 / 0.01, rtol=1e-3, atol=1e-9)
+
+
+def test_carrier_tile_is_a_zero_mean_grid_of_signed_cells():
+    tile = carrier_tile(cell=2, period=16)
+    assert tile.shape == (16, 16) and set(np.unique(tile)) == {-1.0, 1.0}
+    assert tile.sum() == 0.0
+    np.testing.assert_array_equal(tile[::2, ::2], tile[1::2, 1::2])  # 2 x 2 cells
+    with pytest.raises(ValueError, match="multiple of the cell"):
+        carrier_tile(cell=3, period=16)
+
+
+def _jpeg(image_uint8, quality):
+    buffer = io.BytesIO()
+    Image.fromarray(image_uint8).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def test_carrier_survives_real_jpeg_and_is_absent_where_content_was_pasted():
+    """Through a real libjpeg round trip at quality 90, the reader sees the carrier over the
+    immunized photo and not over a patch of another, never-immunized photo."""
+    photos = sample_photos()
+    photo = np.asarray(Image.fromarray(photos[0]).resize((128, 128)), np.float32) / 255.0
+    donor = np.asarray(Image.fromarray(photos[1]).resize((128, 128)), np.uint8)
+    embed = CarrierEmbedding(amplitude=4 / 255)
+    immunized = np.clip(photo + embed(np.zeros_like(photo)[None]).numpy()[0], 0, 1)
+    tampered = np.round(immunized * 255).astype(np.uint8)
+    tampered[32:96, 64:128] = donor[32:96, 64:128]
+    received = _jpeg(tampered, 90).astype(np.float32)[None] / 255.0
+    strength = CarrierReader(amplitude=4 / 255)(received).numpy()[0, ..., 1]
+    intact, pasted = strength[40:88, 8:48], strength[44:84, 76:116]
+    assert np.median(intact) > 0.5, np.median(intact)
+    assert np.median(np.abs(pasted)) < 0.2, np.median(np.abs(pasted))
+
+
+def test_carrier_layers_round_trip_and_refuse_progressive():
+    model = build_imuge(load_config("smoke", ["model.carrier_amplitude=4"]))
+    assert (model.encoder.carrier, model.verifier.carrier, model.decoder.carrier) == (
+        "embed", "read", "none")
+    image = tf.random.stateless_uniform([1, 32, 32, 3], seed=[1, 2])
+    for network in (model.encoder, model.verifier):
+        restored = type(network).from_config(network.get_config())
+        restored.set_weights(network.get_weights())
+        np.testing.assert_allclose(restored(image).numpy(), network(image).numpy(), atol=1e-6)
+    # A zero encoder head leaves exactly the carrier: +-4 grey levels.
+    head = model.encoder.get_layer("encoder_head")
+    head.set_weights([np.zeros_like(w) for w in head.get_weights()])
+    residual = model.encoder(image).numpy()
+    np.testing.assert_allclose(np.abs(residual), 4 / 255, rtol=1e-5)
+    with pytest.raises(ValueError, match="progressive"):
+        UNet(carrier="read", progressive=True)
+    with pytest.raises(ConfigError, match="model.carrier_amplitude"):
+        load_config("smoke", ["model.carrier_amplitude=-1"])
+
+
+def test_carrier_encoder_converts_to_builtin_tflite_ops(tmp_path):
+    """The fixed-size export folds the pattern into a constant; with the learned head zeroed,
+    the TFLite residual is exactly the +-4-level carrier."""
+    encoder = build_imuge(load_config("smoke", ["model.carrier_amplitude=4"])).encoder
+    head = encoder.get_layer("encoder_head")
+    head.set_weights([np.zeros_like(w) for w in head.get_weights()])
+    saved = ex.save_encoder(encoder, 64, str(tmp_path / "encoder"))
+    tflite = ex.convert_saved_model(saved, "fp32")
+    ops = ex.tflite_ops(tflite)
+    assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
+    image = np.asarray(Image.fromarray(sample_photos()[0]).resize((64, 64)),
+                       np.float32)[None] / 255.0
+    residual = ex.TFLiteEncoder(tflite)(image)
+    np.testing.assert_allclose(np.abs(residual), 4 / 255, rtol=1e-5)
+    assert residual.mean() == pytest.approx(0.0, abs=0.05 / 255)

@@ -27,16 +27,24 @@ def _unet_arguments(config: Config) -> dict:
     }
 
 
+def _carrier_arguments(config: Config, role: str) -> dict:
+    """E embeds the carrier and V reads it when `model.carrier_amplitude` > 0."""
+    levels = config.model.carrier_amplitude
+    if levels <= 0:
+        return {}
+    return {"carrier": role, "carrier_amplitude": levels / 255.0}
+
+
 def build_encoder(config: Config) -> UNet:
-    """E: image -> residual R in [-1, 1] (residual learning, section 3.2)."""
+    """E: image -> residual R in [-1, 1] (residual learning, section 3.2), plus the carrier."""
     return UNet(output_channels=3, output_activation="tanh", name="encoder",
-                **_unet_arguments(config))
+                **_unet_arguments(config), **_carrier_arguments(config, "embed"))
 
 
 def build_verifier(config: Config) -> UNet:
     """V: image -> per-pixel tamper probability."""
     return UNet(output_channels=1, output_activation="sigmoid", name="verifier",
-                **_unet_arguments(config))
+                **_unet_arguments(config), **_carrier_arguments(config, "read"))
 
 
 def build_decoder(config: Config) -> UNet:

@@ -13,6 +13,7 @@ the segments of a new stage are faded in by `alpha`, as in PG-GAN.
 
 import keras
 
+from imuge_tf.models.carrier import DEFAULT_AMPLITUDE, CarrierEmbedding, CarrierReader
 from imuge_tf.models.segments import (
     ConvNormAct,
     DecodingSegment,
@@ -23,6 +24,7 @@ from imuge_tf.models.segments import (
 
 LEVELS = 4
 OUTPUT_ACTIVATIONS = ("tanh", "sigmoid", "linear")
+CARRIER_ROLES = ("none", "embed", "read")
 # Local feature sharing (eq. 2) happens "in the first two levels" only: the decoding segments
 # whose outputs are at full and half resolution.
 SHARING_LEVELS = (0, 1)
@@ -66,21 +68,31 @@ class UNet(keras.Model):
             head start at exactly zero).
         context_shift: the stem also sees its input shifted by half the image (`HalfShift`),
             so that information can be hidden in, and read from, the opposite region.
+        carrier: "embed" adds the fixed carrier pattern (`carrier.py`) to the output, "read"
+            feeds the stem the carrier's local strength as extra channels, "none" neither.
+        carrier_amplitude: the carrier's amplitude, in [0, 1] image units.
     """
 
     def __init__(self, input_channels=3, output_channels=3, base_filters=16, max_filters=256,
                  norm="group", middle_dilations=(2, 4), output_activation="tanh",
                  mask_input=False, local_feature_sharing=False, progressive=False,
-                 head_initializer="glorot_uniform", context_shift=False, name="unet",
-                 **kwargs):
+                 head_initializer="glorot_uniform", context_shift=False, carrier="none",
+                 carrier_amplitude=DEFAULT_AMPLITUDE, name="unet", **kwargs):
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                              f"got '{output_activation}'")
         if local_feature_sharing and not mask_input:
             raise ValueError("local_feature_sharing needs mask_input=True (eq. 2 uses the mask)")
+        if carrier not in CARRIER_ROLES:
+            raise ValueError(f"carrier must be one of {CARRIER_ROLES}, got '{carrier}'")
+        if carrier != "none" and progressive:
+            raise ValueError("the carrier works at full resolution only: it cannot be combined "
+                             "with progressive=True")
         channels = [min(base_filters * 2**level, max_filters) for level in range(LEVELS + 1)]
-        stem_channels = (input_channels + (1 if mask_input else 0)) * (2 if context_shift
-                                                                       else 1)
+        reader = (CarrierReader(carrier_amplitude, name=f"{name}_carrier_reader")
+                  if carrier == "read" else None)
+        stem_channels = (input_channels + (1 if mask_input else 0)
+                         + (len(reader.windows) if reader else 0)) * (2 if context_shift else 1)
 
         # Layers first, so that the functional graph below and `progressive_call` share them.
         from_image = {0: ConvNormAct(channels[0], norm=norm, name=f"{name}_stem")}
@@ -106,9 +118,11 @@ class UNet(keras.Model):
         image = keras.Input((None, None, input_channels), name=f"{name}_image")
         mask = keras.Input((None, None, 1), name=f"{name}_mask") if mask_input else None
         shift = HalfShift(name=f"{name}_half_shift") if context_shift else None
-        layers = (from_image, to_image, encoders, middle, decoders, shift)
+        layers = (from_image, to_image, encoders, middle, decoders, shift, reader)
         output = _forward(layers, image, mask, top=0, alpha=None,
                           share_features=local_feature_sharing)
+        if carrier == "embed":
+            output = CarrierEmbedding(carrier_amplitude, name=f"{name}_carrier")(output)
         super().__init__(inputs=[image, mask] if mask_input else image, outputs=output,
                          name=name, **kwargs)
 
@@ -124,6 +138,8 @@ class UNet(keras.Model):
         self.progressive = progressive
         self.head_initializer = head_initializer
         self.context_shift = context_shift
+        self.carrier = carrier
+        self.carrier_amplitude = float(carrier_amplitude)
         self._unet_layers = layers
         # The stage-only layers are not in the functional graph: build them here so their
         # weights exist before an optimizer is built and before a `.keras` file is loaded.
@@ -170,6 +186,8 @@ class UNet(keras.Model):
             "progressive": self.progressive,
             "head_initializer": self.head_initializer,
             "context_shift": self.context_shift,
+            "carrier": self.carrier,
+            "carrier_amplitude": self.carrier_amplitude,
         }
 
     @classmethod
@@ -182,12 +200,14 @@ def _forward(layers, image, mask, top, alpha, share_features, training=None):
 
     `alpha=None` means no fading (the full network at its top level).
     """
-    from_image, to_image, encoders, middle, decoders, shift = layers
+    from_image, to_image, encoders, middle, decoders, shift, reader = layers
 
     def stem_input(level):
         x = pool_to_level(image, level) * 2.0 - 1.0  # the networks see images in [-1, 1]
         if mask is not None:
             x = keras.ops.concatenate([x, pool_to_level(mask, level)], axis=-1)
+        if reader is not None:  # never progressive: level is 0
+            x = keras.ops.concatenate([x, reader(image)], axis=-1)
         return x if shift is None else shift(x)
 
     fading = alpha is not None
