@@ -13,7 +13,8 @@ attack, JPEG 90, JPEG 50) on the held-out photos, and the table is printed and w
 `ablation` section of BENCHMARKS.md. Columns: pixel F1 and AUC of the verifier; recovery
 L-PSNR with the true mask, Telea's on the same mask, and the Imuge effect (the same pipeline
 on the never-immunized photo subtracted); the share of pixels flagged on untampered immunized
-photos and on never-immunized photos; and PSNR(I, I_M).
+photos and on never-immunized photos; PSNR(I, I_M); and, for the carrier arms, the median
+strength of the carrier in the immunized photos (1 = as embedded; 0 = cancelled).
 """
 
 import argparse
@@ -26,20 +27,32 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (REPO_ROOT, command_line, log, machine_facts, markdown_table,  # noqa: E402,I001
                     update_section, utc_now)
 
-# name -> (what it changes, config overrides on top of configs/demo.yaml)
+# name -> (what it changes, config overrides on top of configs/demo.yaml). demo.yaml carries
+# the carrier since issue 6; the arms before it turn the carrier off and put the fidelity
+# hinge back at 36 dB, so that each arm's config stays what it was trained with.
+BEFORE_CARRIER = ["model.carrier_amplitude=0", "loss.immunization_psnr_target=36"]
 MILD_ATTACKS = ["attacks.skip_probability=0.25", "attacks.noise_stddev=0.02",
                 "attacks.jpeg_quality_range=[70,95]"]
 ARMS = {
-    "demo": ("configs/demo.yaml before issue 6 (pre-fill, 8-bit I_M, PSNR hinge at 36 dB, "
-             "never-immunized and residual-removal samples)", []),
+    "demo": ("the demo config before issue 6 (pre-fill, 8-bit I_M, PSNR hinge at 36 dB, "
+             "never-immunized and residual-removal samples)", BEFORE_CARRIER),
     "mild": ("+ milder benign attacks (a quarter of samples unattacked, noise sigma 0.02 "
-             "instead of 0.05, JPEG quality 70-95 instead of 50-95)", MILD_ATTACKS),
+             "instead of 0.05, JPEG quality 70-95 instead of 50-95)",
+             BEFORE_CARRIER + MILD_ATTACKS),
     "mild_shift": ("+ milder attacks + context shift (every U-Net also sees its input shifted "
-                   "by half the image)", MILD_ATTACKS + ["model.context_shift=true"]),
+                   "by half the image)",
+                   BEFORE_CARRIER + MILD_ATTACKS + ["model.context_shift=true"]),
     "mild_shift_enc": ("+ milder attacks + context shift + E trained by L_cls from the first "
                        "step (weight 0.1)",
-                       MILD_ATTACKS + ["model.context_shift=true",
-                                       "loss.encoder_classification_weight=0.1"]),
+                       BEFORE_CARRIER + MILD_ATTACKS + ["model.context_shift=true",
+                                                        "loss.encoder_classification_weight=0.1"]),
+    "carrier_unprotected": ("the first arm + a fixed 4-level carrier added by E and read by V, "
+                            "fidelity hinge at 34 dB instead of 36 (the carrier alone costs "
+                            "36.2 dB); E free to cancel the carrier",
+                            ["model.carrier_protect=false"]),
+    "carrier": ("`configs/demo.yaml` as shipped: the previous arm, but E's learned residual "
+                "cannot cancel the carrier (its local correlation with the pattern is removed)",
+                []),
 }
 COLUMNS = ("none", "jpeg90")
 MEASURES = (("f1", "F1", 3), ("auc", "AUC", 3), ("l_psnr_true_mask", "L-PSNR true mask", 2),
@@ -72,11 +85,32 @@ def evaluate_arm(workdir, args):
     imuge = Imuge.load(workdir)
     summary = run_evaluation(imuge, args.heldout, os.path.join(workdir, "evaluation"),
                              limit=args.limit, seed=args.seed, quick=True, progress=False)
-    return summary
+    return imuge, summary
 
 
-def arm_row(name, summary):
-    row = [name, f"{summary['immunization']['psnr_immunized']:.2f}"]
+def carrier_strength(imuge, heldout, limit):
+    """Median strength of the carrier (24 px window, 1 = as embedded) over the immunized
+    held-out photos, saved with 8 bits; None for a model without a carrier."""
+    import numpy as np
+
+    from imuge_tf.data import find_images
+    from imuge_tf.evaluation import load_photo
+    from imuge_tf.models.carrier import CarrierReader
+
+    if getattr(imuge.encoder, "carrier", "none") != "embed":
+        return None
+    reader = CarrierReader(imuge.encoder.carrier_amplitude)
+    strengths = []
+    for path in find_images(heldout)[:limit]:
+        immunized = imuge.immunize(load_photo(path, imuge.image_size))
+        strength = reader(immunized[None].astype(np.float32) / 255.0)
+        strengths.append(float(np.median(np.asarray(strength)[..., -1])))
+    return float(np.median(strengths))
+
+
+def arm_row(name, summary, strength):
+    row = [name, f"{summary['immunization']['psnr_immunized']:.2f}",
+           "-" if strength is None else f"{strength:.2f}"]
     for column in COLUMNS:
         scores = summary["table1"][column]
         row += [f"{scores[key]:.{digits}f}" for key, _, digits in MEASURES]
@@ -102,12 +136,12 @@ def main(argv=None):
         description, overrides = ARMS[name]
         workdir, seconds = train_arm(name, overrides, args)
         log(f"{name}: evaluating on {args.heldout}")
-        summary = evaluate_arm(workdir, args)
-        rows.append(arm_row(name, summary))
+        imuge, summary = evaluate_arm(workdir, args)
+        rows.append(arm_row(name, summary, carrier_strength(imuge, args.heldout, args.limit)))
         notes.append(f"- `{name}`: {description}; overrides "
                      f"`{' '.join(overrides) or '(none)'}`")
-    header = ["arm", "PSNR(I, I_M)"] + [f"{label} ({column})" for column in COLUMNS
-                                        for _, label, _ in MEASURES]
+    header = ["arm", "PSNR(I, I_M)", "carrier strength"] + [
+        f"{label} ({column})" for column in COLUMNS for _, label, _ in MEASURES]
     body = "\n".join([
         f"Each arm: `configs/demo.yaml` plus its overrides, {args.epochs} x 100 steps of 8 "
         f"photos from `{args.data}`; evaluated on {args.limit} held-out photos from "

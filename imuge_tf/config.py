@@ -59,6 +59,7 @@ class ModelConfig:
     #                              so a region's content can be hidden in the opposite region
     carrier_amplitude: float = 0.0  # > 0: E adds a fixed +-1 pattern of this many 8-bit grey
     #                                 levels and V is fed its local strength (models/carrier.py)
+    carrier_protect: bool = True  # E's learned residual cannot cancel the carrier
 
     def validate(self) -> None:
         _check(self.image_size >= 32 and self.image_size % 16 == 0, "model.image_size",

@@ -241,3 +241,28 @@ def test_carrier_encoder_converts_to_builtin_tflite_ops(tmp_path):
     residual = ex.TFLiteEncoder(tflite)(image)
     np.testing.assert_allclose(np.abs(residual), 4 / 255, rtol=1e-5)
     assert residual.mean() == pytest.approx(0.0, abs=0.05 / 255)
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_a_protected_carrier_cannot_be_cancelled_by_the_learned_residual(protect):
+    """The residual an encoder learns when it cancels the carrier (minus the pattern, plus
+    noise) removes it unless the embedding is protected."""
+    photo = np.asarray(Image.fromarray(sample_photos()[2]).resize((128, 128)),
+                       np.float32)[None] / 255.0
+    embed = CarrierEmbedding(amplitude=4 / 255, protect=protect)
+    pattern = embed(np.zeros_like(photo)).numpy()  # the carrier alone
+    noise = np.random.default_rng(0).normal(0, 2 / 255, photo.shape).astype(np.float32)
+    immunized = np.clip(photo + embed(noise - pattern).numpy(), 0, 1)
+    immunized = (np.round(immunized * 255) / 255).astype(np.float32)
+    strength = float(np.median(CarrierReader(amplitude=4 / 255)(immunized).numpy()[..., 1]))
+    if protect:
+        assert strength > 0.7, strength
+    else:
+        assert abs(strength) < 0.15, strength
+
+
+def test_the_config_protects_the_carrier_by_default():
+    encoder = build_imuge(load_config("smoke", ["model.carrier_amplitude=4"])).encoder
+    assert encoder.carrier_protect and encoder.get_layer("encoder_carrier").protect
+    restored = type(encoder).from_config(encoder.get_config())
+    assert restored.get_layer("encoder_carrier").protect

@@ -32,7 +32,10 @@ def _carrier_arguments(config: Config, role: str) -> dict:
     levels = config.model.carrier_amplitude
     if levels <= 0:
         return {}
-    return {"carrier": role, "carrier_amplitude": levels / 255.0}
+    arguments = {"carrier": role, "carrier_amplitude": levels / 255.0}
+    if role == "embed":
+        arguments["carrier_protect"] = config.model.carrier_protect
+    return arguments
 
 
 def build_encoder(config: Config) -> UNet:

@@ -71,13 +71,17 @@ class UNet(keras.Model):
         carrier: "embed" adds the fixed carrier pattern (`carrier.py`) to the output, "read"
             feeds the stem the carrier's local strength as extra channels, "none" neither.
         carrier_amplitude: the carrier's amplitude, in [0, 1] image units.
+        carrier_protect: with carrier="embed", the learned output cannot cancel the carrier
+            (`CarrierEmbedding`). False by default so that models saved before it load as
+            they were trained; the config turns it on.
     """
 
     def __init__(self, input_channels=3, output_channels=3, base_filters=16, max_filters=256,
                  norm="group", middle_dilations=(2, 4), output_activation="tanh",
                  mask_input=False, local_feature_sharing=False, progressive=False,
                  head_initializer="glorot_uniform", context_shift=False, carrier="none",
-                 carrier_amplitude=DEFAULT_AMPLITUDE, name="unet", **kwargs):
+                 carrier_amplitude=DEFAULT_AMPLITUDE, carrier_protect=False, name="unet",
+                 **kwargs):
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                              f"got '{output_activation}'")
@@ -122,7 +126,8 @@ class UNet(keras.Model):
         output = _forward(layers, image, mask, top=0, alpha=None,
                           share_features=local_feature_sharing)
         if carrier == "embed":
-            output = CarrierEmbedding(carrier_amplitude, name=f"{name}_carrier")(output)
+            output = CarrierEmbedding(carrier_amplitude, protect=carrier_protect,
+                                      name=f"{name}_carrier")(output)
         super().__init__(inputs=[image, mask] if mask_input else image, outputs=output,
                          name=name, **kwargs)
 
@@ -140,6 +145,7 @@ class UNet(keras.Model):
         self.context_shift = context_shift
         self.carrier = carrier
         self.carrier_amplitude = float(carrier_amplitude)
+        self.carrier_protect = bool(carrier_protect)
         self._unet_layers = layers
         # The stage-only layers are not in the functional graph: build them here so their
         # weights exist before an optimizer is built and before a `.keras` file is loaded.
@@ -188,6 +194,7 @@ class UNet(keras.Model):
             "context_shift": self.context_shift,
             "carrier": self.carrier,
             "carrier_amplitude": self.carrier_amplitude,
+            "carrier_protect": self.carrier_protect,
         }
 
     @classmethod
