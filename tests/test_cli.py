@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import fake_photos
 import numpy as np
 import pytest
 from PIL import Image
@@ -38,18 +39,11 @@ def error_lines(stderr):
 
 
 def calm_photo(seed=0):
-    """A smooth photo with no saturated red anywhere: the fake verifier finds nothing."""
-    y, x = np.mgrid[0:SIZE, 0:SIZE] / SIZE
-    rng = np.random.default_rng(seed)
-    image = np.stack([0.3 + 0.2 * x, 0.4 + 0.2 * y, 0.5 + 0.1 * x * y], axis=-1)
-    image += rng.uniform(-0.02, 0.02, image.shape)
-    return np.rint(image * 255).astype(np.uint8)
+    return fake_photos.calm_photo(SIZE, SIZE, seed)
 
 
 def with_red_square(image):
-    tampered = image.copy()
-    tampered[RED_SQUARE] = (255, 0, 0)
-    return tampered
+    return fake_photos.with_red_square(image, RED_SQUARE)
 
 
 @pytest.fixture(scope="session")
