@@ -58,9 +58,9 @@ def test_immunized_photo_looks_the_same(imuge):
     assert l_psnr(photo, immunized, np.ones(photo.shape[:2], bool)) >= 30.0
 
 
-KNOWN_GAP = ("known gap, issue 6: the shipped verifier finds pasted content by how it looks, "
-             "misses cat fur pasted on the astronaut and flags 4-13 % of some untampered photos "
-             "(BENCHMARKS.md); strict: this fails loudly once a retrained model passes")
+KNOWN_GAP = ("known gap, issue 6: on the astronaut, cat fur pasted in is localized with pixel F1 "
+             "0.53 (0.82 for the rocket on the coffee); strict: this fails loudly once a "
+             "retrained model passes")
 
 
 @pytest.mark.parametrize("host, donor", [
@@ -75,13 +75,12 @@ def test_pasted_patch_is_found_and_recovered_after_real_jpeg(imuge, host, donor)
 
     result = imuge.verify(tampered)
     assert result.verdict == "tampered"
-    assert f1(result.mask, mask) >= 0.6
+    assert f1(result.mask, mask) >= 0.7  # the bar of issue 4
 
     recovered = imuge.recover(tampered, result)
     assert l_psnr(photo, recovered, mask) > l_psnr(photo, tampered, mask) + 3.0
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_GAP)
 @pytest.mark.parametrize("name", ["coffee", "chelsea"])
 def test_untouched_immunized_photo_is_intact(imuge, name):
     received = jpeg(imuge.immunize(square(name)), quality=90)
@@ -89,11 +88,27 @@ def test_untouched_immunized_photo_is_intact(imuge, name):
     assert result.verdict == "intact", result.to_dict()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known gap, issue 6: the shipped verifier finds pasted content but does not yet read the "
-    "immunization, so a never-immunized photo scores like an immunized one (TRAINING.md); "
-    "strict: this fails loudly once a retrained model passes"))
 @pytest.mark.parametrize("name", ["coffee", "rocket"])
 def test_never_immunized_photo_is_not_immunized(imuge, name):
     result = imuge.verify(jpeg(square(name), quality=90))
     assert result.verdict == "not_immunized", result.to_dict()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap, issue 6: the shipped decoder corrects a classical fill and reads nothing the "
+    "encoder hid (+0.02 dB on this photo, -0.5 dB on average in the ablation, BENCHMARKS.md); "
+    "strict: this fails loudly once a retrained model passes"))
+def test_recovery_reads_the_immunization(imuge):
+    """The Imuge effect (issue 6): with the same tamper and the same mask, the decoder
+    recovers the patch better from the immunized photo than from the never-immunized one, so
+    it reads information that the encoder hid rather than guessing like an inpainting. The
+    margin (0.5 dB) keeps a rounding-level difference from counting as an effect."""
+    photo, donor, mask = square("coffee"), square("rocket"), ellipse_mask()
+
+    def recovered_l_psnr(received):
+        tampered = np.where(mask[:, :, None], donor, received)
+        return l_psnr(photo, imuge.recover_with_mask(tampered, mask), mask)
+
+    immunized = recovered_l_psnr(imuge.immunize(photo))
+    never_immunized = recovered_l_psnr(photo)
+    assert immunized > never_immunized + 0.5, (immunized, never_immunized)
