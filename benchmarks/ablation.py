@@ -21,7 +21,6 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (REPO_ROOT, command_line, log, machine_facts, markdown_table,  # noqa: E402,I001
@@ -69,13 +68,12 @@ def train_arm(name, overrides, args):
     for override in overrides:
         command += ["--set", override]
     log(f"{name}: training (or resuming) in {workdir}")
-    started = time.monotonic()
     with open(f"{workdir}.log", "a") as stream:
         result = subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise SystemExit(f"{name}: training failed (exit {result.returncode}); see "
                          f"{workdir}.log")
-    return workdir, time.monotonic() - started
+    return workdir
 
 
 def evaluate_arm(workdir, args):
@@ -134,7 +132,7 @@ def main(argv=None):
     rows, notes = [], []
     for name in args.arms:
         description, overrides = ARMS[name]
-        workdir, seconds = train_arm(name, overrides, args)
+        workdir = train_arm(name, overrides, args)
         log(f"{name}: evaluating on {args.heldout}")
         imuge, summary = evaluate_arm(workdir, args)
         rows.append(arm_row(name, summary, carrier_strength(imuge, args.heldout, args.limit)))

@@ -183,6 +183,12 @@ def test_carrier_tile_is_a_zero_mean_grid_of_signed_cells():
         carrier_tile(cell=3, period=16)
 
 
+def _bundled(index, size, dtype=np.float32):
+    """Bundled photo `index` resized to size x size; floats in [0, 1] or uint8."""
+    photo = np.asarray(Image.fromarray(sample_photos()[index]).resize((size, size)))
+    return photo.astype(np.float32) / 255.0 if dtype == np.float32 else photo
+
+
 def _jpeg(image_uint8, quality):
     buffer = io.BytesIO()
     Image.fromarray(image_uint8).save(buffer, "JPEG", quality=quality)
@@ -192,9 +198,7 @@ def _jpeg(image_uint8, quality):
 def test_carrier_survives_real_jpeg_and_is_absent_where_content_was_pasted():
     """Through a real libjpeg round trip at quality 90, the reader sees the carrier over the
     immunized photo and not over a patch of another, never-immunized photo."""
-    photos = sample_photos()
-    photo = np.asarray(Image.fromarray(photos[0]).resize((128, 128)), np.float32) / 255.0
-    donor = np.asarray(Image.fromarray(photos[1]).resize((128, 128)), np.uint8)
+    photo, donor = _bundled(0, 128), _bundled(1, 128, np.uint8)
     embed = CarrierEmbedding(amplitude=4 / 255)
     immunized = np.clip(photo + embed(np.zeros_like(photo)[None]).numpy()[0], 0, 1)
     tampered = np.round(immunized * 255).astype(np.uint8)
@@ -236,8 +240,7 @@ def test_carrier_encoder_converts_to_builtin_tflite_ops(tmp_path):
     tflite = ex.convert_saved_model(saved, "fp32")
     ops = ex.tflite_ops(tflite)
     assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], ops
-    image = np.asarray(Image.fromarray(sample_photos()[0]).resize((64, 64)),
-                       np.float32)[None] / 255.0
+    image = _bundled(0, 64)[None]
     residual = ex.TFLiteEncoder(tflite)(image)
     np.testing.assert_allclose(np.abs(residual), 4 / 255, rtol=1e-5)
     assert residual.mean() == pytest.approx(0.0, abs=0.05 / 255)
@@ -247,8 +250,7 @@ def test_carrier_encoder_converts_to_builtin_tflite_ops(tmp_path):
 def test_a_protected_carrier_cannot_be_cancelled_by_the_learned_residual(protect):
     """The residual an encoder learns when it cancels the carrier (minus the pattern, plus
     noise) removes it unless the embedding is protected."""
-    photo = np.asarray(Image.fromarray(sample_photos()[2]).resize((128, 128)),
-                       np.float32)[None] / 255.0
+    photo = _bundled(2, 128)[None]
     embed = CarrierEmbedding(amplitude=4 / 255, protect=protect)
     pattern = embed(np.zeros_like(photo)).numpy()  # the carrier alone
     noise = np.random.default_rng(0).normal(0, 2 / 255, photo.shape).astype(np.float32)

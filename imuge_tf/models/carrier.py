@@ -6,13 +6,13 @@ below a constant predictor's), so the verdict "not immunized" and the localizati
 This lever (`model.carrier_amplitude` > 0) gives both networks a known shared secret:
 
 - the encoder adds `amplitude x pattern` to its learned residual, where the pattern is a fixed
-  pseudo-random +-1 luminance texture of `cell` x `cell` pixel cells, tiled with a period of
-  `period` pixels (large cells survive JPEG's chroma subsampling and high-frequency
-  quantization, resizing by half and mild blur; the same sign on R, G and B makes it luminance);
-- the verifier's stem gets one more input channel: the local correlation of the received
-  image's high-pass luminance with the pattern, divided by the amplitude. It is about 1 where
-  the immunization is present and about 0 on pasted content, on a never-immunized photo, and on
-  cloned content (the pattern there is out of phase).
+  pseudo-random +-1 texture of `cell` x `cell` pixel cells, tiled with a period of `period`
+  pixels; the same sign on R, G and B makes it luminance, which JPEG's chroma subsampling
+  keeps (with `protect`, the learned residual cannot cancel it);
+- the verifier's stem gets one more input channel per window in `windows`: the local
+  correlation of the received image's high-pass luminance with the pattern, divided by the
+  amplitude. It is about 1 where the immunization is present and about 0 on pasted content, on
+  a never-immunized photo, and on cloned content (the pattern there is out of phase).
 
 Both layers are pure tensor ops (tile, slice, pooling, multiply), so they export to SavedModel
 and to TFLite builtins with the networks that own them.

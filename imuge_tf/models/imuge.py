@@ -232,6 +232,11 @@ class ImugeModel(keras.Model):
             "never_immunized": never_immunized,
         }
 
+    def _classification_weight(self, decoupled):
+        """L_cls's weight in L_G: while decoupled it trains V alone (section 3.5), at full
+        weight with no path into E/R; after, the paper's alpha."""
+        return tf.where(decoupled, 1.0, self.classification_weight)
+
     def _verifier_input(self, attacked, decoupled):
         """The attacked image as V sees it, with the share of L_cls's gradient that reaches E.
 
@@ -241,8 +246,8 @@ class ImugeModel(keras.Model):
         """
         if self.encoder_classification_weight <= 0:
             return tf.cond(decoupled, lambda: tf.stop_gradient(attacked), lambda: attacked)
-        verifier_weight = tf.where(decoupled, 1.0, self.classification_weight)
-        scale = self.encoder_classification_weight / tf.maximum(verifier_weight, 1e-8)
+        scale = (self.encoder_classification_weight
+                 / tf.maximum(self._classification_weight(decoupled), 1e-8))
         frozen = tf.stop_gradient(attacked)
         return frozen + scale * (attacked - frozen)
 
@@ -299,11 +304,9 @@ class ImugeModel(keras.Model):
                 self.container_discriminator(immunized, training=False))
         else:
             terms["L_DR"] = terms["L_DC"] = tf.constant(0.0)
-        # While decoupled, L_cls trains V alone (section 3.5): full weight, no path into E/R.
-        classification_weight = tf.where(decoupled, 1.0, self.classification_weight)
         terms["L_G"] = losses.generator_loss(
             terms["L_R"], terms["L_C"], terms["L_cls"], terms["L_DR"], terms["L_DC"],
-            classification_weight=classification_weight,
+            classification_weight=self._classification_weight(decoupled),
             adversarial_weight=self.adversarial_weight if self.use_discriminators else 0.0,
             immunization_weight=self.immunization_weight,
             container_adversarial_weight=self.container_adversarial_weight)
