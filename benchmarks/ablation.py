@@ -27,9 +27,11 @@ from common import (REPO_ROOT, command_line, log, machine_facts, markdown_table,
                     update_section, utc_now)
 
 # name -> (what it changes, config overrides on top of configs/demo.yaml). demo.yaml carries
-# the carrier since issue 6; the arms before it turn the carrier off and put the fidelity
-# hinge back at 36 dB, so that each arm's config stays what it was trained with.
-BEFORE_CARRIER = ["model.carrier_amplitude=0", "loss.immunization_psnr_target=36"]
+# the carrier and the hidden thumbnail since issue 6; the arms before them turn them off (and
+# put the fidelity hinge back at 36 dB), so that each arm's config stays what it was trained
+# with.
+NO_THUMBNAIL = ["model.hidden_thumbnail_step=0"]
+BEFORE_CARRIER = ["model.carrier_amplitude=0", "loss.immunization_psnr_target=36"] + NO_THUMBNAIL
 MILD_ATTACKS = ["attacks.skip_probability=0.25", "attacks.noise_stddev=0.02",
                 "attacks.jpeg_quality_range=[70,95]"]
 ARMS = {
@@ -48,10 +50,12 @@ ARMS = {
     "carrier_unprotected": ("the first arm + a fixed 4-level carrier added by E and read by V, "
                             "fidelity hinge at 34 dB instead of 36 (the carrier alone costs "
                             "36.2 dB); E free to cancel the carrier",
-                            ["model.carrier_protect=false"]),
-    "carrier": ("`configs/demo.yaml` as shipped: the previous arm, but E's learned residual "
-                "cannot cancel the carrier (its local correlation with the pattern is removed)",
-                []),
+                            ["model.carrier_protect=false"] + NO_THUMBNAIL),
+    "carrier": ("the previous arm, but E's learned residual cannot cancel the carrier (its "
+                "local correlation with the pattern is removed)", NO_THUMBNAIL),
+    "thumbnail": ("`configs/demo.yaml` as shipped: the carrier arm + a hidden thumbnail (I_M's "
+                  "2 px cell means carry the cell means of the photo half an image away, QIM "
+                  "step 6 levels; R's pre-fill reads it where it is intact)", []),
 }
 COLUMNS = ("none", "jpeg90")
 MEASURES = (("f1", "F1", 3), ("auc", "AUC", 3), ("l_psnr_true_mask", "L-PSNR true mask", 2),

@@ -161,7 +161,6 @@ def twelve_megapixel_rows(imuge, repeats, threads, scratch):
     from PIL import Image
 
     from imuge_tf import export as ex
-    from imuge_tf.inference import Imuge
     from imuge_tf.io import LOSSLESS_FORMATS
     from imuge_tf.samples import sample_photo
 
@@ -178,9 +177,8 @@ def twelve_megapixel_rows(imuge, repeats, threads, scratch):
                  ms(timed(lambda: imuge.immunize(photo), runs, warmup=1))])
     for variant in ("fp32", "fp16"):
         log(f"12 MP: TFLite {variant}")
-        camera = Imuge(ex.TFLiteEncoder(ex.convert_saved_model(saved, variant),
-                                        num_threads=threads),
-                       imuge.verifier, imuge.decoder, imuge.image_size)
+        camera = imuge.with_encoder(ex.TFLiteEncoder(ex.convert_saved_model(saved, variant),
+                                                     num_threads=threads))
         rows.append([f"Imuge.immunize, TFLite {variant} encoder",
                      ms(timed(lambda c=camera: c.immunize(photo), runs, warmup=1))])
     immunized = imuge.immunize(photo)

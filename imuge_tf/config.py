@@ -60,6 +60,10 @@ class ModelConfig:
     carrier_amplitude: float = 0.0  # > 0: E adds a fixed +-1 pattern of this many 8-bit grey
     #                                 levels and V is fed its local strength (models/carrier.py)
     carrier_protect: bool = True  # E's learned residual cannot cancel the carrier
+    hidden_thumbnail_step: float = 0.0  # > 0: I_M carries a thumbnail of I, written by QIM on
+    #                                    cell means with this lattice step in grey levels; R's
+    #                                    pre-fill reads it (models/hiding.py)
+    hidden_thumbnail_block: int = 2  # the thumbnail's cell size in pixels
 
     def validate(self) -> None:
         _check(self.image_size >= 32 and self.image_size % 16 == 0, "model.image_size",
@@ -72,6 +76,12 @@ class ModelConfig:
         _check(self.discriminator_filters >= 4, "model.discriminator_filters", "an integer >= 4")
         _check(0.0 <= self.carrier_amplitude <= 32.0, "model.carrier_amplitude",
                "a number of grey levels in [0, 32] (0 = no carrier)")
+        _check(0.0 <= self.hidden_thumbnail_step <= 64.0, "model.hidden_thumbnail_step",
+               "a number of grey levels in [0, 64] (0 = no hidden thumbnail)")
+        _check(self.hidden_thumbnail_block >= 1
+               and self.image_size % (2 * self.hidden_thumbnail_block) == 0,
+               "model.hidden_thumbnail_block",
+               "a cell size >= 1 that divides model.image_size into an even number of cells")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@
    ("chelsea"), and the tampered photo is saved as JPEG 90 again, as an editor would;
 4. verifies it (verdict and predicted mask) and recovers it, with the predicted mask and, for
    comparison, with the true one; OpenCV's Telea inpainting of the true mask is the baseline;
-5. writes `out_dir/demo.png`, the panel of the evaluation's Fig. 7 figure (original,
+5. does the same with the photo kept lossless (PNG, as a photo sent as a file): the hidden
+   thumbnail survives there, and JPEG erases it, so the two show what each channel keeps;
+6. writes `out_dir/demo.png`, two rows of the evaluation's Fig. 7 figure (original,
    immunized, residual x10, tampered, true mask, predicted mask, recovered, Telea), and
    returns the scores (`format_demo` turns them into text).
 """
@@ -66,6 +68,16 @@ def _jpeg(image: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
         return np.asarray(decoded.convert("RGB")).copy(), buffer.tell()
 
 
+def _png(image: np.ndarray) -> np.ndarray:
+    """A real PNG round trip through Pillow in memory."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
+        return np.asarray(decoded.convert("RGB")).copy()
+
+
 def run_demo(imuge, out_dir, *, progress=True) -> dict:
     """Immunize, share, tamper, verify and recover one bundled photo; writes out_dir/demo.png.
 
@@ -78,7 +90,8 @@ def run_demo(imuge, out_dir, *, progress=True) -> dict:
     Returns a dict: photo and size, verdict, tampered_fraction, psnr_immunized (PSNR(I, I_M)),
     ssim_immunized, psnr_shared (PSNR(I, JPEG of I_M)), f1, iou, auc, l_psnr_tampered (the
     tampered area as received), l_psnr_recovered (recovered with the predicted mask),
-    l_psnr_recovered_true_mask, l_psnr_telea, seconds, figure (the PNG's path).
+    l_psnr_recovered_true_mask, l_psnr_telea, the same five scores and the verdict for the
+    lossless case with the suffix `_lossless`, seconds, figure (the PNG's path).
     """
     from tqdm.auto import tqdm
 
@@ -87,7 +100,7 @@ def run_demo(imuge, out_dir, *, progress=True) -> dict:
     start = time.perf_counter()
     size = int(imuge.image_size)
     height, width = size + size // 4, size + size // 2
-    steps = tqdm(total=6, desc="demo", unit="step", disable=not progress)
+    steps = tqdm(total=7, desc="demo", unit="step", disable=not progress)
 
     def step(label):
         steps.set_postfix_str(label)
@@ -109,11 +122,21 @@ def run_demo(imuge, out_dir, *, progress=True) -> dict:
     telea = telea_inpaint(tampered, mask)
     step("recovered")
 
-    panel = panel_images(original, immunized, tampered, mask, result.mask, recovered, telea)
+    lossless = _png(np.where(mask[..., None], donor, _png(immunized)))
+    lossless_result = imuge.verify(lossless)
+    lossless_recovered = imuge.recover(lossless, lossless_result)
+    lossless_true = imuge.recover_with_mask(lossless, mask)
+    lossless_telea = telea_inpaint(lossless, mask)
+    step(f"lossless: verdict {lossless_result.verdict}")
+
+    rows = [panel_images(original, immunized, tampered, mask, result.mask, recovered, telea),
+            panel_images(original, immunized, lossless, mask, lossless_result.mask,
+                         lossless_recovered, lossless_telea)]
     figure = os.path.join(out_dir, "demo.png")
     os.makedirs(out_dir, exist_ok=True)
-    save_panels([panel], figure, title=f"Imuge demo: {DEMO_PHOTO} {width}x{height}, JPEG "
-                f"{DEMO_JPEG_QUALITY}, ellipse from {DEMO_DONOR}; verdict {result.verdict}")
+    save_panels(rows, figure, row_labels=[f"JPEG {DEMO_JPEG_QUALITY}", "PNG"],
+                title=f"Imuge demo: {DEMO_PHOTO} {width}x{height}, ellipse from {DEMO_DONOR}; "
+                f"verdict {result.verdict} (JPEG), {lossless_result.verdict} (PNG)")
     step("figure")
     steps.close()
     return {
@@ -137,6 +160,12 @@ def run_demo(imuge, out_dir, *, progress=True) -> dict:
         "l_psnr_recovered": scoring.l_psnr(original, recovered, mask),
         "l_psnr_recovered_true_mask": scoring.l_psnr(original, recovered_true, mask),
         "l_psnr_telea": scoring.l_psnr(original, telea, mask),
+        "verdict_lossless": lossless_result.verdict,
+        "f1_lossless": scoring.f1(lossless_result.mask, mask),
+        "l_psnr_tampered_lossless": scoring.l_psnr(original, lossless, mask),
+        "l_psnr_recovered_lossless": scoring.l_psnr(original, lossless_recovered, mask),
+        "l_psnr_recovered_true_mask_lossless": scoring.l_psnr(original, lossless_true, mask),
+        "l_psnr_telea_lossless": scoring.l_psnr(original, lossless_telea, mask),
         "seconds": time.perf_counter() - start,
         "figure": figure,
     }
@@ -156,5 +185,10 @@ def format_demo(metrics: dict) -> str:
         f"  L-PSNR:     tampered {m['l_psnr_tampered']:.2f} dB -> recovered "
         f"{m['l_psnr_recovered']:.2f} dB (true mask {m['l_psnr_recovered_true_mask']:.2f} dB; "
         f"Telea inpainting {m['l_psnr_telea']:.2f} dB)",
+        f"  as PNG:     verdict {m['verdict_lossless']}, F1 {m['f1_lossless']:.3f}; L-PSNR "
+        f"tampered {m['l_psnr_tampered_lossless']:.2f} dB -> recovered "
+        f"{m['l_psnr_recovered_lossless']:.2f} dB (true mask "
+        f"{m['l_psnr_recovered_true_mask_lossless']:.2f} dB; Telea "
+        f"{m['l_psnr_telea_lossless']:.2f} dB): the hidden thumbnail survives a lossless file",
         f"  figure:     {m['figure']} ({m['seconds']:.1f} s)",
     ]) + "\n"

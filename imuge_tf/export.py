@@ -296,10 +296,8 @@ def end_to_end(imuge, encoder, cases) -> dict:
     mask) against the original, the verdicts, and the immunized photos.
     """
     from imuge_tf import scoring
-    from imuge_tf.inference import Imuge
 
-    swapped = Imuge(encoder, imuge.verifier, imuge.decoder, imuge.image_size,
-                    decoder_prefill=imuge.decoder_prefill, thresholds=imuge.thresholds)
+    swapped = imuge.with_encoder(encoder)
     f1s, psnrs, l_psnrs, verdicts, immunized_photos = [], [], [], [], []
     for original, mask, donor in cases:
         immunized = swapped.immunize(original)
@@ -410,6 +408,8 @@ class _ServingGraph:
         self.decoder = imuge.decoder
         self.size = int(imuge.image_size)
         self.prefill = bool(imuge.decoder_prefill)
+        self.thumbnail_step = float(imuge.thumbnail_step)
+        self.thumbnail_block = int(imuge.thumbnail_block)
         self.intact_max = float(imuge.thresholds["intact_max_fraction"])
         self.not_immunized_min = float(imuge.thresholds["not_immunized_min_fraction"])
         self.flag = float(FLAG_PROBABILITY)
@@ -512,13 +512,15 @@ class _ServingGraph:
         """The decoder on working-size images and masks (batched), as Imuge.recover_with_mask."""
         import tensorflow as tf
 
-        from imuge_tf.attacks.tamper import pyramid_fill
+        from imuge_tf.models.imuge import rectify
 
+        rectified = rectify(small, masks, prefill=self.prefill,
+                            thumbnail_step=self.thumbnail_step,
+                            thumbnail_block=self.thumbnail_block)
+        output = self.decoder([rectified, masks], training=False)
         if self.prefill:
-            rectified = pyramid_fill(small, masks)
-            correction = self.decoder([rectified, masks], training=False)
-            return tf.clip_by_value(rectified + correction, 0.0, 1.0)
-        return self.decoder([small * (1.0 - masks), masks], training=False)
+            return tf.clip_by_value(rectified + output, 0.0, 1.0)
+        return output
 
     # -- the analysis shared by both signatures
     def _analyse(self, small, sizes):
@@ -763,6 +765,7 @@ def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
             "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "verdict_thresholds": dict(imuge.thresholds),
             "decoder_prefill": imuge.decoder_prefill,
+            "hidden_thumbnail": {"step": imuge.thumbnail_step, "block": imuge.thumbnail_block},
             "encoder": {"input": {"name": "image", "shape": [1, size, size, 3],
                                   "dtype": "float32", "range": [0.0, 1.0]},
                         "output": {"name": "residual", "shape": [1, size, size, 3],

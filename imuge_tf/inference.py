@@ -26,6 +26,11 @@ MIN_SIDE = 16  # smaller photos carry too little to verify or recover anything
 DEFAULT_THRESHOLDS = {"intact_max_fraction": 0.01, "not_immunized_min_fraction": 0.6}
 FLAG_PROBABILITY = 0.5  # a pixel counts as flagged for the verdict above this probability
 MORPHOLOGY_KERNEL = 4  # paper section 3.5
+# Full-size immunization with a hidden thumbnail (`Imuge._carry_thumbnail`): rounds of cell
+# mean correction, and the seed of the fixed rounding dither.
+THUMBNAIL_ROUNDS = 6
+THUMBNAIL_GAIN = 1.5
+THUMBNAIL_DITHER_SEED = 1021
 
 
 HALF_SUFFIX = ".f16.npz"  # weights stored in float16 (the shipped model, to halve its size)
@@ -127,12 +132,15 @@ class Imuge:
     """
 
     def __init__(self, encoder, verifier, decoder, image_size, *, decoder_prefill=False,
-                 thresholds=None, metadata=None, source=None):
+                 thumbnail_step=0.0, thumbnail_block=2, thresholds=None, metadata=None,
+                 source=None):
         self.encoder = encoder
         self.verifier = verifier
         self.decoder = decoder
         self.image_size = int(image_size)
         self.decoder_prefill = bool(decoder_prefill)
+        self.thumbnail_step = float(thumbnail_step)
+        self.thumbnail_block = int(thumbnail_block)
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.metadata = dict(metadata or {})
         self.source = source
@@ -174,8 +182,18 @@ class Imuge:
         model_config = metadata.get("config", {}).get("model", {})
         return cls(**networks, image_size=metadata["image_size"],
                    decoder_prefill=model_config.get("decoder_prefill", False),
+                   thumbnail_step=model_config.get("hidden_thumbnail_step", 0.0),
+                   thumbnail_block=model_config.get("hidden_thumbnail_block", 2),
                    thresholds=metadata.get("verdict_thresholds"), metadata=metadata,
                    source=folder)
+
+    def with_encoder(self, encoder) -> "Imuge":
+        """The same model with another encoder (a `TFLiteEncoder` on a camera, say): the
+        verifier, decoder, thresholds and hidden-thumbnail settings are kept."""
+        return Imuge(encoder, self.verifier, self.decoder, self.image_size,
+                     decoder_prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
+                     thumbnail_block=self.thumbnail_block, thresholds=self.thresholds,
+                     metadata=self.metadata, source=self.source)
 
     def save_thresholds(self, thresholds: dict, calibration: dict | None = None) -> None:
         """Stores verdict thresholds (and how they were measured) in the model's imuge.json."""
@@ -195,8 +213,11 @@ class Imuge:
         """The photo as a 1 x S x S x 3 float tensor in [0, 1]."""
         import tensorflow as tf
 
-        x = tf.convert_to_tensor(photo[None], tf.float32) / 255.0
-        return _resize(x, (self.image_size, self.image_size), antialias=True)
+        return self._working_float(tf.convert_to_tensor(photo[None], tf.float32) / 255.0)
+
+    def _working_float(self, images):
+        """[1, H, W, 3] in [0, 1] at the working size, the one way every path resizes."""
+        return _resize(images, (self.image_size, self.image_size), antialias=True)
 
     def residual(self, image) -> np.ndarray:
         """The encoder's residual for `image`, at the working size (S x S x 3 float32)."""
@@ -209,11 +230,42 @@ class Imuge:
 
         photo = check_photo(image)
         height, width = photo.shape[:2]
-        residual = self.encoder(self._working(photo), training=False)
-        residual = _resize(residual, (height, width), antialias=False)
-        immunized = tf.clip_by_value(tf.cast(photo[None], tf.float32) / 255.0 + residual,
+        working = self._working(photo)
+        residual = self.encoder(working, training=False)
+        full_residual = _resize(residual, (height, width), antialias=False)
+        immunized = tf.clip_by_value(tf.cast(photo[None], tf.float32) / 255.0 + full_residual,
                                      0.0, 1.0)
+        if self.thumbnail_step > 0 and (height, width) != (self.image_size,) * 2:
+            return self._carry_thumbnail(immunized, working + residual)
         return np.asarray(tf.round(immunized * 255.0), dtype=np.uint8)[0]
+
+    def _carry_thumbnail(self, immunized, working_immunized) -> np.ndarray:
+        """The full-size immunized photo adjusted so that its working-size copy (as `verify`
+        and `recover` make it) holds the hidden thumbnail the encoder wrote at working size.
+
+        The encoder snapped the working-size cell means onto its lattice; upsampling the
+        residual and downsampling the photo again blurs them across cells. A few rounds of
+        "measure the cell means, add the difference" bring them back (the resize is linear),
+        (over-relaxed: measured, the error falls about 7x per round instead of 3x), and a fixed
+        dither keeps the final rounding from moving a flat cell's mean by a
+        correlated half level.
+        """
+        import tensorflow as tf
+
+        from imuge_tf.models.hiding import cell_means
+
+        block = self.thumbnail_block
+        height, width = immunized.shape[1], immunized.shape[2]
+        targets = cell_means(working_immunized, block)
+        for _ in range(THUMBNAIL_ROUNDS):
+            difference = (targets - cell_means(self._working_float(immunized), block)) / 255.0
+            difference = tf.image.resize(THUMBNAIL_GAIN * difference, (height, width),
+                                         method="nearest")
+            immunized = tf.clip_by_value(immunized + difference, 0.0, 1.0)
+        dither = np.random.default_rng(THUMBNAIL_DITHER_SEED).uniform(
+            -0.5, 0.5, size=(1, height, width, 1)).astype(np.float32)
+        levels = tf.clip_by_value(tf.round(immunized * 255.0 + dither), 0.0, 255.0)
+        return np.asarray(levels, dtype=np.uint8)[0]
 
     def probability(self, image) -> np.ndarray:
         """The verifier's tamper probability at the working size (S x S float32)."""
@@ -276,7 +328,7 @@ class Imuge:
         """Recovers the content inside a given mask (H x W bool, True = tampered)."""
         import tensorflow as tf
 
-        from imuge_tf.attacks.tamper import pyramid_fill
+        from imuge_tf.models.imuge import rectify
 
         photo = check_photo(image)
         mask = np.asarray(mask, dtype=bool)
@@ -293,12 +345,12 @@ class Imuge:
         small_mask = _resize(tf.constant(mask[None, :, :, None], tf.float32), size,
                              antialias=True)
         small_mask = tf.cast(small_mask > 0.05, tf.float32)
+        rectified = rectify(small, small_mask, prefill=self.decoder_prefill,
+                            thumbnail_step=self.thumbnail_step,
+                            thumbnail_block=self.thumbnail_block)
+        recovered = self.decoder([rectified, small_mask], training=False)
         if self.decoder_prefill:
-            rectified = pyramid_fill(small, small_mask)
-            recovered = tf.clip_by_value(
-                rectified + self.decoder([rectified, small_mask], training=False), 0.0, 1.0)
-        else:
-            recovered = self.decoder([small * (1.0 - small_mask), small_mask], training=False)
+            recovered = tf.clip_by_value(rectified + recovered, 0.0, 1.0)
         recovered = _resize(recovered, (height, width), antialias=False)
         recovered = np.asarray(tf.round(tf.clip_by_value(recovered, 0.0, 1.0) * 255.0),
                                dtype=np.uint8)[0]

@@ -28,9 +28,12 @@ def test_demo_writes_the_panel_figure_and_returns_scores(imuge, tmp_path):
     for key in ("f1", "iou", "auc", "tampered_fraction", "ssim_immunized"):
         assert 0.0 <= metrics[key] <= 1.0, key
     for key in ("psnr_immunized", "psnr_shared", "l_psnr_tampered", "l_psnr_recovered",
-                "l_psnr_recovered_true_mask", "l_psnr_telea"):
+                "l_psnr_recovered_true_mask", "l_psnr_telea", "l_psnr_tampered_lossless",
+                "l_psnr_recovered_lossless", "l_psnr_recovered_true_mask_lossless",
+                "l_psnr_telea_lossless"):
         assert math.isfinite(metrics[key]) and 0 < metrics[key] <= 100, key
+    assert metrics["verdict_lossless"] in ("intact", "tampered", "not_immunized")
     # The tampered area holds the cat, not the astronaut: far from the original.
     assert metrics["l_psnr_tampered"] < 20
     text = format_demo(metrics)
-    assert metrics["verdict"] in text and "Telea" in text
+    assert metrics["verdict"] in text and "Telea" in text and "as PNG" in text

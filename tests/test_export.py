@@ -143,12 +143,10 @@ def test_tflite_residuals_match_keras(exported, imuge):
 
 
 def test_tflite_encoder_immunizes_like_keras_at_full_resolution(exported, imuge, photos):
-    from imuge_tf.inference import Imuge
-
     _, report, out = exported
     runner = ex.TFLiteEncoder(os.path.join(
         out, report["manifest"]["encoder"]["tflite"]["fp32"]["file"]))
-    camera = Imuge(runner, imuge.verifier, imuge.decoder, imuge.image_size)
+    camera = imuge.with_encoder(runner)
     photo = photos["coffee"]
     by_keras = imuge.immunize(photo).astype(np.int16)
     by_tflite = camera.immunize(photo).astype(np.int16)

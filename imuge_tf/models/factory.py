@@ -38,10 +38,20 @@ def _carrier_arguments(config: Config, role: str) -> dict:
     return arguments
 
 
+def _thumbnail_arguments(config: Config) -> dict:
+    """E writes the hidden thumbnail when `model.hidden_thumbnail_step` > 0."""
+    model = config.model
+    if model.hidden_thumbnail_step <= 0:
+        return {}
+    return {"thumbnail_step": model.hidden_thumbnail_step,
+            "thumbnail_block": model.hidden_thumbnail_block}
+
+
 def build_encoder(config: Config) -> UNet:
     """E: image -> residual R in [-1, 1] (residual learning, section 3.2), plus the carrier."""
     return UNet(output_channels=3, output_activation="tanh", name="encoder",
-                **_unet_arguments(config), **_carrier_arguments(config, "embed"))
+                **_unet_arguments(config), **_carrier_arguments(config, "embed"),
+                **_thumbnail_arguments(config))
 
 
 def build_verifier(config: Config) -> UNet:
@@ -110,6 +120,8 @@ def build_imuge(config: Config) -> ImugeModel:
         quantize_immunized=model.quantize_immunized,
         immunization_psnr_target=loss.immunization_psnr_target,
         encoder_classification_weight=loss.encoder_classification_weight,
+        thumbnail_step=model.hidden_thumbnail_step,
+        thumbnail_block=model.hidden_thumbnail_block,
         never_immunized_probability=config.attacks.never_immunized_probability,
         residual_removal_probability=config.attacks.residual_removal_probability,
         name="imuge",

@@ -15,6 +15,7 @@ from imuge_tf.attacks.benign import uniform_per_sample
 from imuge_tf.attacks.pipeline import AttackPipeline
 from imuge_tf.attacks.tamper import pyramid_fill
 from imuge_tf.metrics import masked_psnr, psnr
+from imuge_tf.models.hiding import DEFAULT_BLOCK, hidden_prefill
 from imuge_tf.models.unet import LEVELS, pool_to_level, upsample
 
 LOSS_NAMES = ("L_G", "L_R", "L_C", "L_cls", "L_DR", "L_DC", "L_D_C", "L_D_S")
@@ -46,6 +47,19 @@ def training_schedule(step, *, steps_per_epoch, stage_epochs, fade_fraction, dec
     return stage, alpha, decoupled
 
 
+def rectify(attacked, mask, *, prefill, thumbnail_step=0.0, thumbnail_block=DEFAULT_BLOCK):
+    """The decoder's input image, shared by training, `Imuge` and the serving export.
+
+    The hole (`mask` = 1) is filled by the push-pull fill (`prefill`) or zeroed; with a hidden
+    thumbnail, by the thumbnail wherever it can be read. No gradient flows through the read
+    thumbnail (it is a fixed, piecewise constant function of the pixels).
+    """
+    fill = pyramid_fill(attacked, mask) if prefill else attacked * (1.0 - mask)
+    if thumbnail_step <= 0:
+        return fill
+    return hidden_prefill(attacked, mask, fill, thumbnail_step, thumbnail_block)
+
+
 @keras.saving.register_keras_serializable(package="imuge_tf")
 class ImugeModel(keras.Model):
     """Encoder + attack layer + verifier + decoder (+ two PatchGAN discriminators).
@@ -75,6 +89,8 @@ class ImugeModel(keras.Model):
             so donor-based tampers remove the immunization only.
         encoder_classification_weight: 0 for the paper's schedule; else the weight of the
             L_cls gradient that reaches E at every step, decoupled or not.
+        thumbnail_step, thumbnail_block: > 0 when E writes the hidden thumbnail
+            (`hiding.py`); R's input is then filled from it where it can be read.
     """
 
     def __init__(self, encoder, verifier, decoder, container_discriminator=None,
@@ -85,7 +101,7 @@ class ImugeModel(keras.Model):
                  task_decoupling=True, decoder_prefill=False, quantize_immunized=False,
                  immunization_psnr_target=0.0, never_immunized_probability=0.0,
                  residual_removal_probability=0.0, encoder_classification_weight=0.0,
-                 **kwargs):
+                 thumbnail_step=0.0, thumbnail_block=DEFAULT_BLOCK, **kwargs):
         super().__init__(**kwargs)
         if (container_discriminator is None) != (recovery_discriminator is None):
             raise ValueError("give both discriminators or neither")
@@ -115,6 +131,8 @@ class ImugeModel(keras.Model):
         self.never_immunized_probability = float(never_immunized_probability)
         self.residual_removal_probability = float(residual_removal_probability)
         self.encoder_classification_weight = float(encoder_classification_weight)
+        self.thumbnail_step = float(thumbnail_step)
+        self.thumbnail_block = int(thumbnail_block)
         self.trackers = {name: keras.metrics.Mean(name=name)
                          for name in (*LOSS_NAMES, *QUALITY_NAMES)}
         self.built = True
@@ -213,10 +231,7 @@ class ImugeModel(keras.Model):
         else:
             predicted_mask = tf.zeros_like(true_mask)
             decoder_mask = predicted_mask
-        if self.decoder_prefill:
-            rectified = pyramid_fill(attacked, decoder_mask)
-        else:
-            rectified = attacked * (1.0 - decoder_mask)
+        rectified = self.rectify(attacked, decoder_mask)
         recovered, reference = self._recover(images, rectified, decoder_mask, stage, alpha,
                                              training)
         return {
@@ -231,6 +246,11 @@ class ImugeModel(keras.Model):
             "reference": reference,
             "never_immunized": never_immunized,
         }
+
+    def rectify(self, attacked, mask):
+        """R's input image: the hole filled (hidden thumbnail, push-pull fill) or zeroed."""
+        return rectify(attacked, mask, prefill=self.decoder_prefill,
+                       thumbnail_step=self.thumbnail_step, thumbnail_block=self.thumbnail_block)
 
     def _classification_weight(self, decoupled):
         """L_cls's weight in L_G: while decoupled it trains V alone (section 3.5), at full
@@ -423,6 +443,8 @@ class ImugeModel(keras.Model):
             never_immunized_probability=self.never_immunized_probability,
             residual_removal_probability=self.residual_removal_probability,
             encoder_classification_weight=self.encoder_classification_weight,
+            thumbnail_step=self.thumbnail_step,
+            thumbnail_block=self.thumbnail_block,
         )
         return config
 

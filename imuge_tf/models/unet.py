@@ -14,6 +14,7 @@ the segments of a new stage are faded in by `alpha`, as in PG-GAN.
 import keras
 
 from imuge_tf.models.carrier import DEFAULT_AMPLITUDE, CarrierEmbedding, CarrierReader
+from imuge_tf.models.hiding import DEFAULT_BLOCK, ThumbnailHiding
 from imuge_tf.models.segments import (
     ConvNormAct,
     DecodingSegment,
@@ -74,14 +75,18 @@ class UNet(keras.Model):
         carrier_protect: with carrier="embed", the learned output cannot cancel the carrier
             (`CarrierEmbedding`). False by default so that models saved before it load as
             they were trained; the config turns it on.
+        thumbnail_step: > 0 (8-bit levels; only for an encoder, whose output is a residual):
+            the immunized image `image + output` carries a hidden thumbnail of the image
+            (`hiding.ThumbnailHiding`, after the carrier); 0 = none.
+        thumbnail_block: the thumbnail's cell size in pixels.
     """
 
     def __init__(self, input_channels=3, output_channels=3, base_filters=16, max_filters=256,
                  norm="group", middle_dilations=(2, 4), output_activation="tanh",
                  mask_input=False, local_feature_sharing=False, progressive=False,
                  head_initializer="glorot_uniform", context_shift=False, carrier="none",
-                 carrier_amplitude=DEFAULT_AMPLITUDE, carrier_protect=False, name="unet",
-                 **kwargs):
+                 carrier_amplitude=DEFAULT_AMPLITUDE, carrier_protect=False, thumbnail_step=0.0,
+                 thumbnail_block=DEFAULT_BLOCK, name="unet", **kwargs):
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                              f"got '{output_activation}'")
@@ -89,6 +94,9 @@ class UNet(keras.Model):
             raise ValueError("local_feature_sharing needs mask_input=True (eq. 2 uses the mask)")
         if carrier not in CARRIER_ROLES:
             raise ValueError(f"carrier must be one of {CARRIER_ROLES}, got '{carrier}'")
+        if thumbnail_step > 0 and (mask_input or progressive or output_channels != input_channels):
+            raise ValueError("a hidden thumbnail is written by an encoder: an image-in, "
+                             "residual-out U-Net without mask input or progressive stages")
         if carrier != "none" and progressive:
             raise ValueError("the carrier works at full resolution only: it cannot be combined "
                              "with progressive=True")
@@ -128,6 +136,9 @@ class UNet(keras.Model):
         if carrier == "embed":
             output = CarrierEmbedding(carrier_amplitude, protect=carrier_protect,
                                       name=f"{name}_carrier")(output)
+        if thumbnail_step > 0:
+            output = ThumbnailHiding(thumbnail_step, thumbnail_block,
+                                     name=f"{name}_thumbnail")([image, output])
         super().__init__(inputs=[image, mask] if mask_input else image, outputs=output,
                          name=name, **kwargs)
 
@@ -146,6 +157,8 @@ class UNet(keras.Model):
         self.carrier = carrier
         self.carrier_amplitude = float(carrier_amplitude)
         self.carrier_protect = bool(carrier_protect)
+        self.thumbnail_step = float(thumbnail_step)
+        self.thumbnail_block = int(thumbnail_block)
         self._unet_layers = layers
         # The stage-only layers are not in the functional graph: build them here so their
         # weights exist before an optimizer is built and before a `.keras` file is loaded.
@@ -195,6 +208,8 @@ class UNet(keras.Model):
             "carrier": self.carrier,
             "carrier_amplitude": self.carrier_amplitude,
             "carrier_protect": self.carrier_protect,
+            "thumbnail_step": self.thumbnail_step,
+            "thumbnail_block": self.thumbnail_block,
         }
 
     @classmethod
