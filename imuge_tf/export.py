@@ -536,7 +536,8 @@ class _ServingGraph:
             mask, size = args
             full = self._full_mask(mask, size[0], size[1])
             fraction = tf.reduce_mean(tf.cast(full, tf.float64))
-            return fraction, self._decoder_mask(full)
+            redrawn = self._recovery_mask(full)
+            return fraction, self._decoder_mask(redrawn)
 
         fraction, decoder_masks = tf.map_fn(
             full_size, (mask_small, sizes),
@@ -546,6 +547,17 @@ class _ServingGraph:
         return {"probability": probability, "verdict": verdict, "threshold": threshold,
                 "mask_small": mask_small, "flagged": flagged, "fraction": fraction,
                 "recovered_small": recovered}
+
+    def _recovery_mask(self, full_mask):
+        """The area recovery redraws, as Imuge.recovery_mask grows it."""
+        import tensorflow as tf
+
+        from imuge_tf.inference import RECOVERY_MARGIN, grow_mask
+
+        grown = grow_mask(self._decoder_mask(full_mask)[None], RECOVERY_MARGIN)
+        size = tf.shape(full_mask)
+        around = tf.image.resize(grown, size, method="bilinear", antialias=False)
+        return tf.logical_or(full_mask, around[0, :, :, 0] >= 0.5)
 
     def _common_outputs(self, analysis):
         import tensorflow as tf
@@ -586,8 +598,8 @@ class _ServingGraph:
                                         method="bilinear", antialias=False)[0]
             recovered = tf.cast(tf.round(tf.clip_by_value(recovered, 0.0, 1.0) * 255.0),
                                 tf.uint8)
-            # Only a tampered photo is changed, and only inside the mask (Imuge.recover).
-            replace = tf.logical_and(full, tf.equal(verdict, 1))[:, :, None]
+            # Only a tampered photo is changed, and only inside the grown mask (Imuge.recover).
+            replace = tf.logical_and(self._recovery_mask(full), tf.equal(verdict, 1))[:, :, None]
             recovered_png = tf.io.encode_png(tf.where(replace, recovered, image))
             return mask_png, recovered_png
 
@@ -607,7 +619,8 @@ class _ServingGraph:
         sizes = tf.tile(tf.constant([[self.size, self.size]], tf.int32), [count, 1])
         analysis = self._analyse(images, sizes)
         tampered = tf.equal(analysis["verdict"], 1)[:, None, None, None]
-        replace = tf.logical_and(analysis["mask_small"][:, :, :, None], tampered)
+        redrawn = tf.map_fn(self._recovery_mask, analysis["mask_small"])
+        replace = tf.logical_and(redrawn[:, :, :, None], tampered)
         recovered = tf.where(replace, analysis["recovered_small"], images)
         return {**self._common_outputs(analysis),
                 "probability": analysis["probability"],

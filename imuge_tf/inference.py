@@ -4,7 +4,9 @@ The networks run at the working size S of their training config. Immunize comput
 residual on the photo resized to S x S, upsamples it and adds it to the full-resolution photo.
 Verify resizes the received photo to S x S, thresholds the verifier's probability map (Otsu,
 then an opening with a 4 x 4 kernel, paper section 3.5) and brings the mask back to the
-received size. Recover runs the decoder at S x S and replaces pixels only inside the mask.
+received size. Recover runs the decoder at S x S and replaces pixels only inside the mask (grown
+by RECOVERY_MARGIN working-size pixels: a tampered pixel the verifier missed costs far more than
+a redrawn untampered one).
 
 The verdict uses two fractions of pixels flagged by the verifier (probability > 0.5, at the
 working size), calibrated on held-out photos and stored in `imuge.json` (`calibrate`):
@@ -26,6 +28,11 @@ MIN_SIDE = 16  # smaller photos carry too little to verify or recover anything
 DEFAULT_THRESHOLDS = {"intact_max_fraction": 0.01, "not_immunized_min_fraction": 0.6}
 FLAG_PROBABILITY = 0.5  # a pixel counts as flagged for the verdict above this probability
 MORPHOLOGY_KERNEL = 4  # paper section 3.5
+# `recover` redraws the verifier's mask grown by this many working-size pixels: a tampered
+# pixel the mask misses keeps pasted content (~9 dB), while a redrawn untampered one costs
+# little. Measured on 9 held-out photos (pasted donor, predicted mask): L-PSNR 19.0 -> 22.1 /
+# 23.1 / 23.6 dB with 0 / 2 / 4 / 6 px (15.3 -> 18.3 dB at 4 px after JPEG 90).
+RECOVERY_MARGIN = 4
 # Full-size immunization with a hidden thumbnail (`Imuge._carry_thumbnail`): rounds of cell
 # mean correction, and the seed of the fixed rounding dither.
 THUMBNAIL_ROUNDS = 6
@@ -105,6 +112,15 @@ def check_photo(image) -> np.ndarray:
         raise ValueError(f"photo is {array.shape[1]}x{array.shape[0]} pixels; "
                          f"at least {MIN_SIDE} on each side is needed")
     return array
+
+
+def grow_mask(mask, margin):
+    """[B, S, S, 1] 0/1 masks grown by `margin` pixels (a square max filter)."""
+    import tensorflow as tf
+
+    if margin <= 0:
+        return mask
+    return tf.nn.max_pool2d(mask, 2 * margin + 1, strides=1, padding="SAME")
 
 
 def _resize(images, size, antialias):
@@ -322,7 +338,27 @@ class Imuge:
             result = self.verify(photo)
         if result.verdict != "tampered":
             return photo.copy()
-        return self.recover_with_mask(photo, result.mask)
+        return self.recover_with_mask(photo, self.recovery_mask(result.mask))
+
+    def recovery_mask(self, mask) -> np.ndarray:
+        """The area `recover` redraws: `mask` (H x W bool) grown by RECOVERY_MARGIN
+        working-size pixels, so that tampered pixels at the mask's edge are not left as they
+        were received."""
+        mask = np.asarray(mask, dtype=bool)
+        height, width = mask.shape
+        grown = grow_mask(self._decoder_mask(mask), RECOVERY_MARGIN)
+        around = _resize(grown, (height, width), antialias=False)
+        return mask | (np.asarray(around)[0, :, :, 0] >= 0.5)
+
+    def _decoder_mask(self, mask):
+        """The decoder's 1 x S x S x 1 mask of a full-size bool mask: any tampered pixel
+        makes its working-size pixel tampered, since the decoder must not trust content
+        mixed with tampered content."""
+        import tensorflow as tf
+
+        small = _resize(tf.constant(mask[None, :, :, None], tf.float32),
+                        (self.image_size, self.image_size), antialias=True)
+        return tf.cast(small > 0.05, tf.float32)
 
     def recover_with_mask(self, image, mask) -> np.ndarray:
         """Recovers the content inside a given mask (H x W bool, True = tampered)."""
@@ -338,13 +374,8 @@ class Imuge:
         if not mask.any():
             return photo.copy()
         height, width = photo.shape[:2]
-        size = (self.image_size, self.image_size)
         small = self._working(photo)
-        # Any tampered pixel makes its working-size pixel tampered: the decoder must not
-        # trust content mixed with tampered content.
-        small_mask = _resize(tf.constant(mask[None, :, :, None], tf.float32), size,
-                             antialias=True)
-        small_mask = tf.cast(small_mask > 0.05, tf.float32)
+        small_mask = self._decoder_mask(mask)
         rectified = rectify(small, small_mask, prefill=self.decoder_prefill,
                             thumbnail_step=self.thumbnail_step,
                             thumbnail_block=self.thumbnail_block)

@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from imuge_tf import cli
+from imuge_tf.inference import RECOVERY_MARGIN
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 64  # photos on disk
@@ -239,10 +240,14 @@ def test_recover_restores_only_the_tampered_area(immunized, model_dir, tmp_path,
     report = json.loads(capsys.readouterr().out)
     assert {r["verdict"] for r in report["files"]} == {"tampered", "intact"}
     recovered = np.asarray(Image.open(tmp_path / "rec" / "tampered.recovered.png"))
-    inner = recovered[20:44, 20:44].astype(int)
-    assert np.abs(inner - 128).max() <= 1  # the fake decoder's mid-grey
+    # The verifier's mask grown by RECOVERY_MARGIN working-size pixels is redrawn (with the
+    # fake decoder's mid-grey), plus up to one more working pixel of resampling; nothing else.
+    grown = RECOVERY_MARGIN * SIZE // WORKING
+    inner = recovered[16 - grown:48 + grown, 16 - grown:48 + grown].astype(int)
+    assert np.abs(inner - 128).max() <= 1
     outside = np.ones((SIZE, SIZE), bool)
-    outside[12:52, 12:52] = False
+    reach = grown + SIZE // WORKING
+    outside[16 - reach:48 + reach, 16 - reach:48 + reach] = False
     np.testing.assert_array_equal(recovered[outside], tampered[outside])
     np.testing.assert_array_equal(
         np.asarray(Image.open(tmp_path / "rec" / "intact.recovered.png")), protected)
