@@ -188,13 +188,24 @@ def test_parity_gate_rejects_a_residual_eraser():
                                            "residual_rms_levels": 3.0})
     assert not ok and "30.00" in reason
     ok, reason = ex.residual_gate("fp32", {"max_levels": 0.5, "rms_levels": 0.1,
-                                           "residual_rms_levels": 3.0})
+                                           "p99_levels": 0.0, "residual_rms_levels": 3.0})
     assert not ok and "broken conversion" in reason
+    # With a hidden thumbnail a few cells may sit on the neighbouring lattice point: the
+    # 99th percentile decides, so rare flips pass and a conversion off everywhere does not.
+    flips = {"max_levels": 7.0, "rms_levels": 0.07, "p99_levels": 0.0,
+             "residual_rms_levels": 4.8}
+    assert ex.residual_gate("fp32", flips, hidden_thumbnail=True)[0]
+    assert not ex.residual_gate("fp32", flips)[0]
+    off_everywhere = {**flips, "p99_levels": 0.4}
+    assert not ex.residual_gate("fp32", off_everywhere, hidden_thumbnail=True)[0]
     reference = {"f1": 0.8, "psnr": 30.0, "l_psnr": 20.0, "verdicts": [("tampered", "intact")],
                  "immunized": [np.zeros((4, 4, 3), np.uint8)]}
     drifted = {**reference, "psnr": 29.7, "immunized": [np.ones((4, 4, 3), np.uint8)]}
     comparison = ex.compare_end_to_end(reference, drifted)
     assert not comparison["holds"] and comparison["immunized_max_levels"] == 1
+    assert ex.compare_end_to_end(reference, {**reference})["holds"]
+    other_verdict = {**reference, "verdicts": [("tampered", "tampered")]}
+    assert not ex.compare_end_to_end(reference, other_verdict)["holds"]
 
 
 def test_repository_copies_of_the_serving_configs(exported):
