@@ -615,9 +615,10 @@ def run_export(args) -> int:
     lines = [f"exported to {args.out} (working size {manifest['image_size']})",
              f"  encoder SavedModel: {encoder['saved_model']}"]
     for variant, record in encoder["tflite"].items():
+        error = record["residual_error"]
         lines.append(f"  encoder TFLite {variant}: {record['file']} ({record['bytes']:,} bytes; "
-                     f"residual max error {record['residual_error']['max_levels']:.3g} "
-                     f"levels; F1 {record['f1_delta']:+.4f}, PSNR "
+                     f"residual error max {error['max_levels']:.3g} / p99 "
+                     f"{error['p99_levels']:.2g} levels; F1 {record['f1_delta']:+.4f}, PSNR "
                      f"{record['psnr_delta_db']:+.3f} dB vs Keras)")
     for variant, record in encoder["withheld"].items():
         lines.append(f"  encoder TFLite {variant}: not shipped ({record['reason']})")
