@@ -38,10 +38,10 @@ RECOVERY_MARGIN = 4
 # counts as tampered, by design.
 CALIBRATION_ATTACKS = ("none", "jpeg90", "jpeg50", "resize50", "blur", "noise")
 # Full-size immunization with a hidden thumbnail (`Imuge._carry_thumbnail`): rounds of cell
-# mean correction, and the seed of the fixed rounding dither.
-THUMBNAIL_ROUNDS = 6
+# mean correction and their over-relaxation. Measured at 12 MP, the read thumbnail's mean
+# error is 78 / 3.5 / 3.0 / 3.0 levels after 0 / 2 / 4 / 6 rounds (3.7 at 256 x 200).
+THUMBNAIL_ROUNDS = 4
 THUMBNAIL_GAIN = 1.5
-THUMBNAIL_DITHER_SEED = 1021
 
 
 HALF_SUFFIX = ".f16.npz"  # weights stored in float16 (the shipped model, to halve its size)
@@ -265,10 +265,11 @@ class Imuge:
 
         The encoder snapped the working-size cell means onto its lattice; upsampling the
         residual and downsampling the photo again blurs them across cells. A few rounds of
-        "measure the cell means, add the difference" bring them back (the resize is linear),
-        (over-relaxed: measured, the error falls about 7x per round instead of 3x), and a fixed
-        dither keeps the final rounding from moving a flat cell's mean by a
-        correlated half level.
+        "measure the cell means, add the difference" bring them back (the resize is linear;
+        over-relaxed, the error falls about 7x per round instead of 3x). The final rounding
+        needs no dither: the upsampled residual varies from pixel to pixel, so the rounding
+        errors of a cell do not add up (measured: a random dither made the thumbnail slightly
+        worse from 192 px to 12 MP, and the 12 MP PNG 26 % larger).
         """
         import tensorflow as tf
 
@@ -282,10 +283,7 @@ class Imuge:
             difference = tf.image.resize(THUMBNAIL_GAIN * difference, (height, width),
                                          method="nearest")
             immunized = tf.clip_by_value(immunized + difference, 0.0, 1.0)
-        dither = np.random.default_rng(THUMBNAIL_DITHER_SEED).uniform(
-            -0.5, 0.5, size=(1, height, width, 1)).astype(np.float32)
-        levels = tf.clip_by_value(tf.round(immunized * 255.0 + dither), 0.0, 255.0)
-        return np.asarray(levels, dtype=np.uint8)[0]
+        return np.asarray(tf.round(immunized * 255.0), dtype=np.uint8)[0]
 
     def probability(self, image) -> np.ndarray:
         """The verifier's tamper probability at the working size (S x S float32)."""
