@@ -145,6 +145,12 @@ def test_the_straight_through_gradient_reaches_the_residual():
     np.testing.assert_allclose(tape.gradient(loss, residual), 2.0)
 
 
+def test_the_paper_setting_has_no_thumbnail_and_the_demo_one_does():
+    assert load_config("paper").model.hidden_thumbnail_step == 0.0
+    assert build_imuge(load_config("smoke")).encoder.thumbnail_step == 0.0
+    assert load_config("demo").model.hidden_thumbnail_step == STEP
+
+
 def test_the_config_switch_builds_a_hiding_encoder_that_round_trips():
     model = build_imuge(load_config("smoke", ["model.hidden_thumbnail_step=6",
                                               "model.decoder_prefill=true"]))
