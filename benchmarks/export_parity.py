@@ -108,7 +108,7 @@ def main(argv=None):
         rows, results = [], {}
         variants = ex.REQUIRED_VARIANTS if args.no_int8 else ex.ENCODER_VARIANTS
         for variant in variants:
-            withheld = ex.int8_withheld_reason(imuge.encoder) if variant == "int8" else None
+            withheld = ex.int8_withheld_reason(imuge) if variant == "int8" else None
             if withheld:
                 rows.append([variant, "not converted", "", "", "", "", "", "", withheld])
                 continue
@@ -122,8 +122,8 @@ def main(argv=None):
             log(f"TFLite {variant}: immunize, verify, recover")
             runner = ex.TFLiteEncoder(model)
             error = ex.residual_error(imuge.encoder, runner, checks)
-            gate_ok, reason = ex.residual_gate(
-                variant, error, hidden_thumbnail=imuge.encoder.thumbnail_step > 0)
+            gate_ok, reason = ex.residual_gate(variant, error,
+                                               hidden_thumbnail=imuge.thumbnail_step > 0)
             parity = ex.compare_end_to_end(reference, ex.end_to_end(imuge, runner, cases))
             holds = gate_ok and parity["holds"]
             results[variant] = {"error": error, "parity": parity, "holds": holds}

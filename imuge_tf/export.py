@@ -181,15 +181,15 @@ def convert_saved_model(saved_model_dir: str, variant: str, representative=None)
                           f"{_conversion_problem(str(error))}") from error
 
 
-def int8_withheld_reason(encoder) -> str | None:
-    """Why full int8 is not even tried for this encoder, or None.
+def int8_withheld_reason(imuge) -> str | None:
+    """Why full int8 is not even tried for this model's encoder, or None.
 
     A hidden thumbnail lives in the exact 8-bit levels of the immunized image (a lattice of
     `step` levels); int8 activations quantize that image to a scale of their own, which erases
     it, and the TFLite interpreter (2.21) aborts the whole process on the quantized rounding
     and modulo ops rather than raising an error.
     """
-    if getattr(encoder, "thumbnail_step", 0.0) > 0:
+    if imuge.thumbnail_step > 0:
         return ("full int8 is not tried for an encoder with a hidden thumbnail: int8 "
                 "activations cannot hold its exact 8-bit lattice, and the interpreter aborts "
                 "on the quantized graph")
@@ -535,17 +535,11 @@ class _ServingGraph:
 
     def _recover_small(self, small, masks):
         """The decoder on working-size images and masks (batched), as Imuge.recover_with_mask."""
-        import tensorflow as tf
+        from imuge_tf.models.imuge import recover_working_size
 
-        from imuge_tf.models.imuge import rectify
-
-        rectified = rectify(small, masks, prefill=self.prefill,
-                            thumbnail_step=self.thumbnail_step,
-                            thumbnail_block=self.thumbnail_block)
-        output = self.decoder([rectified, masks], training=False)
-        if self.prefill:
-            return tf.clip_by_value(rectified + output, 0.0, 1.0)
-        return output
+        return recover_working_size(self.decoder, small, masks, prefill=self.prefill,
+                                    thumbnail_step=self.thumbnail_step,
+                                    thumbnail_block=self.thumbnail_block)
 
     # -- the analysis shared by both signatures
     def _analyse(self, small, sizes):
@@ -827,7 +821,7 @@ def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
         variants = ENCODER_VARIANTS if int8 else REQUIRED_VARIANTS
         for variant in variants:
             say(f"encoder: TFLite {variant}")
-            withheld = int8_withheld_reason(imuge.encoder) if variant == "int8" else None
+            withheld = int8_withheld_reason(imuge) if variant == "int8" else None
             if withheld:
                 manifest["encoder"]["withheld"][variant] = {"reason": withheld}
                 continue
@@ -841,8 +835,7 @@ def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
                 continue
             runner = TFLiteEncoder(model)
             error = residual_error(imuge.encoder, runner, checks)
-            ok, reason = residual_gate(variant, error,
-                                       hidden_thumbnail=imuge.encoder.thumbnail_step > 0)
+            ok, reason = residual_gate(variant, error, hidden_thumbnail=imuge.thumbnail_step > 0)
             parity = compare_end_to_end(reference, end_to_end(imuge, runner, cases))
             if ok and not parity["holds"]:
                 ok, reason = False, (f"end-to-end parity fails: F1 {parity['f1_delta']:+.4f}, "

@@ -366,7 +366,7 @@ class Imuge:
         """Recovers the content inside a given mask (H x W bool, True = tampered)."""
         import tensorflow as tf
 
-        from imuge_tf.models.imuge import rectify
+        from imuge_tf.models.imuge import recover_working_size
 
         photo = check_photo(image)
         mask = np.asarray(mask, dtype=bool)
@@ -376,14 +376,10 @@ class Imuge:
         if not mask.any():
             return photo.copy()
         height, width = photo.shape[:2]
-        small = self._working(photo)
-        small_mask = self._decoder_mask(mask)
-        rectified = rectify(small, small_mask, prefill=self.decoder_prefill,
-                            thumbnail_step=self.thumbnail_step,
-                            thumbnail_block=self.thumbnail_block)
-        recovered = self.decoder([rectified, small_mask], training=False)
-        if self.decoder_prefill:
-            recovered = tf.clip_by_value(rectified + recovered, 0.0, 1.0)
+        recovered = recover_working_size(
+            self.decoder, self._working(photo), self._decoder_mask(mask),
+            prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
+            thumbnail_block=self.thumbnail_block)
         recovered = _resize(recovered, (height, width), antialias=False)
         recovered = np.asarray(tf.round(tf.clip_by_value(recovered, 0.0, 1.0) * 255.0),
                                dtype=np.uint8)[0]

@@ -2,12 +2,11 @@
 real PNG files, refused after real JPEG and on never-immunized photos, and a better fill of a
 pasted patch than the classical one."""
 
-import io
-
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from real_codecs import jpeg, png
 
 from imuge_tf import export as ex
 from imuge_tf import scoring
@@ -38,18 +37,6 @@ def hide(photo, residual=None):
     return np.asarray(tf.round(tf.clip_by_value(x + out, 0, 1) * 255), np.uint8)[0]
 
 
-def through_png(photo):
-    buffer = io.BytesIO()
-    Image.fromarray(photo).save(buffer, "PNG")
-    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-
-
-def through_jpeg(photo, quality):
-    buffer = io.BytesIO()
-    Image.fromarray(photo).save(buffer, "JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-
-
 def cell_means(photo):
     return photo.reshape(photo.shape[0] // BLOCK, BLOCK, photo.shape[1] // BLOCK, BLOCK,
                          3).astype(np.float64).mean(axis=(1, 3))
@@ -64,7 +51,7 @@ def pasted(photo, donor):
 def test_the_thumbnail_is_read_back_from_a_png_file_and_costs_little():
     photo = bundled(0, 128)
     immunized = hide(photo)
-    thumbnail = hiding.read_thumbnail(as_float(through_png(immunized)), STEP, BLOCK)
+    thumbnail = hiding.read_thumbnail(as_float(png(immunized)), STEP, BLOCK)
     error = np.abs(np.asarray(thumbnail)[0] * 255 - cell_means(photo))
     # Whole levels over 4 pixels put the mean within 1/8 level of the lattice: <= 6 levels.
     assert error.mean() < 3.5 and error.max() < 6.5, (error.mean(), error.max())
@@ -94,15 +81,15 @@ def test_reliability_tells_a_losslessly_saved_photo_from_jpeg_and_never_immunize
     def reliability(image):
         return float(hiding.thumbnail_reliability(as_float(image), mask_t, STEP, BLOCK)[0, 0, 0, 0])
 
-    assert reliability(through_png(tampered)) == 1.0
-    assert reliability(through_jpeg(tampered, 90)) == 0.0
+    assert reliability(png(tampered)) == 1.0
+    assert reliability(jpeg(tampered, 90)) == 0.0
     assert reliability(plain) == 0.0
 
 
 def test_the_hidden_fill_recovers_a_pasted_patch_far_better_than_the_classical_fill():
     photo, donor = bundled(0, 128), bundled(1, 128)
     tampered, mask = pasted(hide(photo), donor)
-    received, mask_t = as_float(through_png(tampered)), tf.constant(mask[None, ..., None],
+    received, mask_t = as_float(png(tampered)), tf.constant(mask[None, ..., None],
                                                                    tf.float32)
     classical = pyramid_fill(received, mask_t)
     hidden = hiding.hidden_prefill(received, mask_t, classical, STEP, BLOCK)
@@ -196,7 +183,7 @@ def test_full_size_immunization_keeps_the_thumbnail_readable_at_working_size(siz
     imuge = Imuge(model.encoder, model.verifier, model.decoder, 32, decoder_prefill=True,
                   thumbnail_step=6.0, thumbnail_block=BLOCK)
     photo = np.asarray(Image.fromarray(sample_photos()[0]).resize(size))
-    immunized = imuge.immunize(through_png(photo))
+    immunized = imuge.immunize(png(photo))
     working = imuge._working(immunized)
     thumbnail = np.asarray(hiding.read_thumbnail(working, STEP, BLOCK))[0] * 255
     truth = np.asarray(hiding.cell_means(imuge._working(photo), BLOCK))[0]

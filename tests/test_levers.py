@@ -1,12 +1,12 @@
 """The training levers beyond the paper (config switches, off by default): each does what its
 docstring says on a real batch."""
 
-import io
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from real_codecs import jpeg
 
 from imuge_tf import export as ex
 from imuge_tf import losses
@@ -189,12 +189,6 @@ def _bundled(index, size, dtype=np.float32):
     return photo.astype(np.float32) / 255.0 if dtype == np.float32 else photo
 
 
-def _jpeg(image_uint8, quality):
-    buffer = io.BytesIO()
-    Image.fromarray(image_uint8).save(buffer, "JPEG", quality=quality)
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
 def test_carrier_survives_real_jpeg_and_is_absent_where_content_was_pasted():
     """Through a real libjpeg round trip at quality 90, the reader sees the carrier over the
     immunized photo and not over a patch of another, never-immunized photo."""
@@ -203,7 +197,7 @@ def test_carrier_survives_real_jpeg_and_is_absent_where_content_was_pasted():
     immunized = np.clip(photo + embed(np.zeros_like(photo)[None]).numpy()[0], 0, 1)
     tampered = np.round(immunized * 255).astype(np.uint8)
     tampered[32:96, 64:128] = donor[32:96, 64:128]
-    received = _jpeg(tampered, 90).astype(np.float32)[None] / 255.0
+    received = jpeg(tampered, 90).astype(np.float32)[None] / 255.0
     strength = CarrierReader(amplitude=4 / 255)(received).numpy()[0, ..., 1]
     intact, pasted = strength[40:88, 8:48], strength[44:84, 76:116]
     assert np.median(intact) > 0.5, np.median(intact)

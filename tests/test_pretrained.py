@@ -6,11 +6,11 @@ photo is saved as a real JPEG (Pillow, QF 90), a patch of another photo is paste
 result is verified and recovered.
 """
 
-import io
 
 import numpy as np
 import pytest
 from PIL import Image
+from real_codecs import jpeg
 
 from imuge_tf import Imuge
 from imuge_tf.samples import sample_photo
@@ -29,12 +29,6 @@ def square(name, size=SIZE):
     left, top = (photo.width - side) // 2, (photo.height - side) // 2
     photo = photo.crop((left, top, left + side, top + side))
     return np.asarray(photo.resize((size, size), Image.Resampling.LANCZOS))
-
-
-def jpeg(image, quality=90):
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
 
 
 def ellipse_mask(size=SIZE, centre=(0.4, 0.55), radii=(0.18, 0.13)):

@@ -118,7 +118,7 @@ def snap_to_lattice(levels, targets, block):
 def read_thumbnail(received, step, block):
     """The hidden thumbnail of `received` ([B, H, W, 3] in [0, 1]): [B, H/block, W/block, 3]
     in [0, 1], each cell describing the cell at its own position."""
-    means = _cells(received, block) * 255.0
+    means = cell_means(received, block)
     phase = means / step - keras.ops.floor(means / step)
     values = keras.ops.clip((phase - MARGIN) / (1.0 - 2.0 * MARGIN), 0.0, 1.0)
     return half_unroll(values)
@@ -136,9 +136,14 @@ def thumbnail_reliability(received, mask, step, block):
     Compares the thumbnail with the received cell means where both the cell and the cell
     holding its message are untampered (module docstring). 0 when no cell can be compared.
     """
-    thumbnail = read_thumbnail(received, step, block)
+    return _reliability(received, mask, read_thumbnail(received, step, block),
+                        thumbnail_usable(mask, block), block)
+
+
+def _reliability(received, mask, thumbnail, usable, block):
+    """`thumbnail_reliability` from the thumbnail and usable cells already read."""
     own = _cells(received, block)
-    untampered = (1.0 - _cells(mask, block, "max")) * thumbnail_usable(mask, block)
+    untampered = (1.0 - _cells(mask, block, "max")) * usable
     difference = keras.ops.mean(keras.ops.abs(thumbnail - own), axis=-1, keepdims=True)
     compared = keras.ops.sum(untampered, axis=(1, 2, 3), keepdims=True)
     error = keras.ops.sum(difference * untampered, axis=(1, 2, 3), keepdims=True) / (
@@ -155,11 +160,11 @@ def hidden_prefill(received, mask, fallback, step, block):
     received_value = keras.ops.stop_gradient(received)
     mask_value = keras.ops.stop_gradient(mask)
     thumbnail = read_thumbnail(received_value, step, block)
+    usable = thumbnail_usable(mask_value, block)
+    trusted = usable * _reliability(received_value, mask_value, thumbnail, usable, block)
     height, width = keras.ops.shape(received)[1], keras.ops.shape(received)[2]
     upsampled = keras.ops.image.resize(thumbnail, (height, width), interpolation="bilinear")
-    usable = thumbnail_usable(mask_value, block) * thumbnail_reliability(
-        received_value, mask_value, step, block)
-    weight = _to_pixels(usable, block) * mask
+    weight = _to_pixels(trusted, block) * mask
     return fallback * (1.0 - weight) + upsampled * weight
 
 

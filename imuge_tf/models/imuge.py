@@ -60,6 +60,23 @@ def rectify(attacked, mask, *, prefill, thumbnail_step=0.0, thumbnail_block=DEFA
     return hidden_prefill(attacked, mask, fill, thumbnail_step, thumbnail_block)
 
 
+def decoded_image(output, rectified, *, prefill):
+    """The decoder's image: its output, or with pre-fill the fill plus its correction."""
+    if not prefill:
+        return output
+    return tf.clip_by_value(rectified + output, 0.0, 1.0)
+
+
+def recover_working_size(decoder, images, masks, *, prefill, thumbnail_step=0.0,
+                         thumbnail_block=DEFAULT_BLOCK):
+    """Working-size images and masks -> the decoder's recovered images (inference: `Imuge`
+    and the serving export share it)."""
+    rectified = rectify(images, masks, prefill=prefill, thumbnail_step=thumbnail_step,
+                        thumbnail_block=thumbnail_block)
+    output = decoder([rectified, masks], training=False)
+    return decoded_image(output, rectified, prefill=prefill)
+
+
 @keras.saving.register_keras_serializable(package="imuge_tf")
 class ImugeModel(keras.Model):
     """Encoder + attack layer + verifier + decoder (+ two PatchGAN discriminators).
@@ -296,10 +313,7 @@ class ImugeModel(keras.Model):
         return tf.switch_case(stage - 1, [branch(s) for s in range(1, LEVELS + 1)])
 
     def _decoded_image(self, output, prefilled):
-        """The decoder's image: its output, or with pre-fill the fill plus its correction."""
-        if not self.decoder_prefill:
-            return output
-        return tf.clip_by_value(prefilled + output, 0.0, 1.0)
+        return decoded_image(output, prefilled, prefill=self.decoder_prefill)
 
     def _generator_losses(self, outputs, decoupled):
         images, immunized = outputs["image"], outputs["immunized"]
