@@ -1,17 +1,15 @@
-"""The Imuge facade: immunize, verify and recover real photos of any size (DESIGN.md, contracts).
+"""The Imuge facade: immunize, verify and recover real photos of any size (docs/design.md).
 
-The networks run at the working size S of their training config. Immunize computes the
-residual on the photo resized to S x S, upsamples it and adds it to the full-resolution photo.
-Verify resizes the received photo to S x S, thresholds the verifier's probability map (Otsu,
-then an opening with a 4 x 4 kernel, paper section 3.5) and brings the mask back to the
-received size. Recover runs the decoder at S x S and replaces pixels only inside the mask (grown
-by RECOVERY_MARGIN working-size pixels: a tampered pixel the verifier missed costs far more than
-a redrawn untampered one).
+NumPy I/O around the graph code of `imuge_tf.pipeline.InferencePipeline`, which the TF Serving
+model and the camera's TFLite model export as they are: everything happens at the photo's own
+size and aspect ratio (the networks at a working scale whose long side is the training size,
+the block mark in the photo's own 8 x 8 grid).
 
-The verdict uses two fractions of pixels flagged by the verifier (probability > 0.5, at the
-working size), calibrated on held-out photos and stored in `imuge.json` (`calibrate`):
-below `intact_max_fraction` the photo is intact; at or above `not_immunized_min_fraction` the
-whole photo lacks the immunization (a never-immunized photo); in between it is tampered.
+The verdict uses the share of the photo flagged. Where the block mark is the evidence, its
+thresholds are fixed (`pipeline.MARK_THRESHOLDS`); where the learned verifier is (no block
+carries the mark), they are calibrated on held-out photos and stored in `imuge.json`
+(`calibrate`): below `intact_max_fraction` the photo is intact; at or above
+`not_immunized_min_fraction` the whole photo lacks the immunization; in between it is tampered.
 """
 
 import json
@@ -27,21 +25,10 @@ MIN_SIDE = 16  # smaller photos carry too little to verify or recover anything
 # Used until `calibrate` has stored measured values with the weights.
 DEFAULT_THRESHOLDS = {"intact_max_fraction": 0.01, "not_immunized_min_fraction": 0.6}
 FLAG_PROBABILITY = 0.5  # a pixel counts as flagged for the verdict above this probability
-MORPHOLOGY_KERNEL = 4  # paper section 3.5
-# `recover` redraws the verifier's mask grown by this many working-size pixels: a tampered
-# pixel the mask misses keeps pasted content (~9 dB), while a redrawn untampered one costs
-# little. Measured on 9 held-out photos (pasted donor, predicted mask): L-PSNR 19.0 -> 22.1 /
-# 23.1 / 23.6 dB with 0 / 2 / 4 / 6 px (15.3 -> 18.3 dB at 4 px after JPEG 90).
-RECOVERY_MARGIN = 4
 # The benign attacks an untampered photo is calibrated under (`calibrate`): an immunized photo
 # shared through any of them should stay `intact`. Crops are left out: their black border
 # counts as tampered, by design.
 CALIBRATION_ATTACKS = ("none", "jpeg90", "jpeg50", "resize50", "blur", "noise")
-# Full-size immunization with a hidden thumbnail (`Imuge._carry_thumbnail`): rounds of cell
-# mean correction and their over-relaxation. Measured at 12 MP, the read thumbnail's mean
-# error is 78 / 3.5 / 3.0 / 3.0 levels after 0 / 2 / 4 / 6 rounds (3.7 at 256 x 200).
-THUMBNAIL_ROUNDS = 4
-THUMBNAIL_GAIN = 1.5
 
 
 HALF_SUFFIX = ".f16.npz"  # weights stored in float16 (the shipped model, to halve its size)
@@ -87,6 +74,7 @@ class VerifyResult:
     flagged_fraction: float  # share of pixels over FLAG_PROBABILITY at the working size
     threshold: float  # the probability threshold used for `mask`
     thresholds: dict = field(default_factory=dict)  # the verdict thresholds used
+    evidence: str = "block_mark"  # "block_mark" (native 8 x 8 grid) or "verifier" (network)
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no arrays)."""
@@ -99,6 +87,7 @@ class VerifyResult:
             "height": int(height),
             "width": int(width),
             "thresholds": dict(self.thresholds),
+            "evidence": self.evidence,
         }
 
 
@@ -118,21 +107,6 @@ def check_photo(image) -> np.ndarray:
     return array
 
 
-def grow_mask(mask, margin):
-    """[B, S, S, 1] 0/1 masks grown by `margin` pixels (a square max filter)."""
-    import tensorflow as tf
-
-    if margin <= 0:
-        return mask
-    return tf.nn.max_pool2d(mask, 2 * margin + 1, strides=1, padding="SAME")
-
-
-def _resize(images, size, antialias):
-    import tensorflow as tf
-
-    return tf.image.resize(images, size, method="bilinear", antialias=antialias)
-
-
 def _find_weights(path: str) -> str:
     """The folder holding imuge.json: `path` itself or its `inference/` (a work directory)."""
     if not os.path.exists(path):
@@ -145,15 +119,28 @@ def _find_weights(path: str) -> str:
         "work directory or its inference/ folder")
 
 
+EVIDENCE = ("verifier", "block_mark")  # the pipeline's evidence index -> name
+
+
+def _photo_tensor(photo):
+    import tensorflow as tf
+
+    return tf.convert_to_tensor(photo[None], tf.float32)
+
+
 class Imuge:
     """Immunize, verify and recover photos with trained networks.
 
     Build it with `Imuge.from_pretrained()` (the shipped demo model) or `Imuge.load(path)`.
+    `key` is the block mark's key (bytes or str); None is the public demo key, with which
+    anyone can make a photo verify as immunized.
     """
 
     def __init__(self, encoder, verifier, decoder, image_size, *, decoder_prefill=False,
                  thumbnail_step=0.0, thumbnail_block=2, thresholds=None, metadata=None,
-                 source=None):
+                 source=None, residual_gain=None, key=None):
+        from imuge_tf.pipeline import DEFAULT_RESIDUAL_GAIN
+
         self.encoder = encoder
         self.verifier = verifier
         self.decoder = decoder
@@ -164,19 +151,25 @@ class Imuge:
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.metadata = dict(metadata or {})
         self.source = source
+        settings = self.metadata.get("inference", {})
+        if residual_gain is None:
+            residual_gain = settings.get("residual_gain", DEFAULT_RESIDUAL_GAIN)
+        self.residual_gain = float(residual_gain)
+        self.key = key
+        self._graphs = None
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls) -> "Imuge":
+    def from_pretrained(cls, key=None) -> "Imuge":
         """The demo model shipped in `imuge_tf/pretrained/`."""
         if not os.path.isfile(os.path.join(PRETRAINED_DIR, "imuge.json")):
             raise ModelNotFoundError(
                 f"no shipped weights in {PRETRAINED_DIR}; train a model "
                 "(`imuge train --config demo --data DIR --workdir W`) and pass --model W")
-        return cls.load(PRETRAINED_DIR)
+        return cls.load(PRETRAINED_DIR, key=key)
 
     @classmethod
-    def load(cls, path: str) -> "Imuge":
+    def load(cls, path: str, key=None) -> "Imuge":
         """Networks from a training work directory or its `inference/` folder."""
         folder = _find_weights(path)
         with open(os.path.join(folder, "imuge.json")) as handle:
@@ -205,15 +198,7 @@ class Imuge:
                    thumbnail_step=model_config.get("hidden_thumbnail_step", 0.0),
                    thumbnail_block=model_config.get("hidden_thumbnail_block", 2),
                    thresholds=metadata.get("verdict_thresholds"), metadata=metadata,
-                   source=folder)
-
-    def with_encoder(self, encoder) -> "Imuge":
-        """The same model with another encoder (a `TFLiteEncoder` on a camera, say): the
-        verifier, decoder, thresholds and hidden-thumbnail settings are kept."""
-        return Imuge(encoder, self.verifier, self.decoder, self.image_size,
-                     decoder_prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
-                     thumbnail_block=self.thumbnail_block, thresholds=self.thresholds,
-                     metadata=self.metadata, source=self.source)
+                   source=folder, key=key)
 
     def save_thresholds(self, thresholds: dict, calibration: dict | None = None) -> None:
         """Stores verdict thresholds (and how they were measured) in the model's imuge.json."""
@@ -225,108 +210,78 @@ class Imuge:
         self.metadata["verdict_thresholds"] = self.thresholds
         if calibration is not None:
             self.metadata["calibration"] = calibration
+        self._graphs = None
         atomic_write_text(os.path.join(self.source, "imuge.json"),
                           json.dumps(self.metadata, indent=2))
 
-    # ------------------------------------------------------------------------- the networks
-    def _working(self, photo: np.ndarray):
-        """The photo as a 1 x S x S x 3 float tensor in [0, 1]."""
-        import tensorflow as tf
+    # ------------------------------------------------------------------------ the pipeline
+    @property
+    def pipeline(self):
+        """The graph code every path runs (`imuge_tf.pipeline.InferencePipeline`)."""
+        return self._compiled()[0]
 
-        return self._working_float(tf.convert_to_tensor(photo[None], tf.float32) / 255.0)
+    def _compiled(self):
+        """The pipeline and its methods as tf.functions over photos of any size."""
+        if self._graphs is None:
+            import tensorflow as tf
 
-    def _working_float(self, images):
-        """[1, H, W, 3] in [0, 1] at the working size, the one way every path resizes."""
-        return _resize(images, (self.image_size, self.image_size), antialias=True)
+            from imuge_tf.pipeline import InferencePipeline
+
+            pipeline = InferencePipeline(
+                self.encoder, self.verifier, self.decoder, image_size=self.image_size,
+                decoder_prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
+                thumbnail_block=self.thumbnail_block, residual_gain=self.residual_gain,
+                key=self.key, network_thresholds=self.thresholds)
+            photo = tf.TensorSpec([1, None, None, 3], tf.float32)
+            mask = tf.TensorSpec([1, None, None, 1], tf.float32)
+            self._graphs = (
+                pipeline,
+                tf.function(pipeline.immunize, input_signature=[photo]),
+                tf.function(pipeline.analyse, input_signature=[photo]),
+                tf.function(pipeline.recover, input_signature=[photo, mask]),
+                tf.function(pipeline.recovery_mask, input_signature=[mask]),
+            )
+        return self._graphs
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """The networks' size for a photo of height x width (aspect ratio kept)."""
+        return self.pipeline.working_size(int(height), int(width))
 
     def residual(self, image) -> np.ndarray:
-        """The encoder's residual for `image`, at the working size (S x S x 3 float32)."""
+        """The encoder's residual for `image`, at the working size (h x w x 3 float32)."""
         photo = check_photo(image)
-        return np.asarray(self.encoder(self._working(photo), training=False))[0]
+        working = self.pipeline.working(_photo_tensor(photo))
+        return np.asarray(self.encoder(working, training=False))[0]
 
     def immunize(self, image) -> np.ndarray:
         """The immunized photo, same size as `image` (uint8)."""
-        import tensorflow as tf
-
         photo = check_photo(image)
-        height, width = photo.shape[:2]
-        working = self._working(photo)
-        residual = self.encoder(working, training=False)
-        full_residual = _resize(residual, (height, width), antialias=False)
-        immunized = tf.clip_by_value(tf.cast(photo[None], tf.float32) / 255.0 + full_residual,
-                                     0.0, 1.0)
-        if self.thumbnail_step > 0 and (height, width) != (self.image_size,) * 2:
-            return self._carry_thumbnail(immunized, working + residual)
-        return np.asarray(tf.round(immunized * 255.0), dtype=np.uint8)[0]
-
-    def _carry_thumbnail(self, immunized, working_immunized) -> np.ndarray:
-        """The full-size immunized photo adjusted so that its working-size copy (as `verify`
-        and `recover` make it) holds the hidden thumbnail the encoder wrote at working size.
-
-        The encoder snapped the working-size cell means onto its lattice; upsampling the
-        residual and downsampling the photo again blurs them across cells. A few rounds of
-        "measure the cell means, add the difference" bring them back (the resize is linear;
-        over-relaxed, the error falls about 7x per round instead of 3x). The final rounding
-        needs no dither: the upsampled residual varies from pixel to pixel, so the rounding
-        errors of a cell do not add up (measured: a random dither made the thumbnail slightly
-        worse from 192 px to 12 MP, and the 12 MP PNG 26 % larger).
-        """
-        import tensorflow as tf
-
-        from imuge_tf.models.hiding import cell_means
-
-        block = self.thumbnail_block
-        height, width = immunized.shape[1], immunized.shape[2]
-        targets = cell_means(working_immunized, block)
-        for _ in range(THUMBNAIL_ROUNDS):
-            difference = (targets - cell_means(self._working_float(immunized), block)) / 255.0
-            difference = tf.image.resize(THUMBNAIL_GAIN * difference, (height, width),
-                                         method="nearest")
-            immunized = tf.clip_by_value(immunized + difference, 0.0, 1.0)
-        return np.asarray(tf.round(immunized * 255.0), dtype=np.uint8)[0]
+        immunized = self._compiled()[1](_photo_tensor(photo))
+        return np.asarray(immunized, dtype=np.float32)[0].astype(np.uint8)
 
     def probability(self, image) -> np.ndarray:
-        """The verifier's tamper probability at the working size (S x S float32)."""
+        """The learned verifier's tamper probability at the working size (h x w float32)."""
         photo = check_photo(image)
-        return np.asarray(self.verifier(self._working(photo), training=False))[0, :, :, 0]
+        working = self.pipeline.working(_photo_tensor(photo))
+        return np.asarray(self.verifier(working, training=False))[0, :, :, 0]
 
     def verify(self, image) -> VerifyResult:
         """Verdict and tamper mask of a received photo, at its own size."""
-        import tensorflow as tf
-
-        from imuge_tf.postprocess import otsu_threshold, refine_mask
+        from imuge_tf.pipeline import MARK_THRESHOLDS
 
         photo = check_photo(image)
-        height, width = photo.shape[:2]
-        probability = self.probability(photo)
-        flagged = float(np.mean(probability > FLAG_PROBABILITY))
-        if flagged >= self.thresholds["not_immunized_min_fraction"]:
-            verdict, threshold = "not_immunized", FLAG_PROBABILITY
-            mask_small = np.ones_like(probability, dtype=bool)
-        elif flagged < self.thresholds["intact_max_fraction"]:
-            verdict, threshold = "intact", FLAG_PROBABILITY
-            mask_small = np.zeros_like(probability, dtype=bool)
-        else:
-            # Otsu splits the map into its two modes; kept within sensible bounds so that a
-            # map with one weak mode cannot pull the threshold to the noise floor.
-            threshold = float(np.clip(otsu_threshold(probability), 0.2, 0.8))
-            mask_small = refine_mask(probability, threshold=threshold,
-                                     kernel_size=MORPHOLOGY_KERNEL)
-            verdict = "tampered" if mask_small.any() else "intact"
-        full_probability = _resize(probability[None, :, :, None], (height, width),
-                                   antialias=False)
-        full_mask = _resize(tf.constant(mask_small[None, :, :, None], tf.float32),
-                            (height, width), antialias=False)
-        mask = np.asarray(full_mask)[0, :, :, 0] >= 0.5
+        found = self._compiled()[2](_photo_tensor(photo))
+        mask = np.asarray(found["mask"], dtype=bool)
+        evidence = EVIDENCE[int(found["evidence"])]
         return VerifyResult(
-            verdict=verdict,
-            probability=np.clip(np.asarray(full_probability)[0, :, :, 0], 0, 1)
-            .astype(np.float32),
+            verdict=VERDICTS[int(found["verdict"])],
+            probability=np.asarray(found["probability"], dtype=np.float32),
             mask=mask,
             tampered_fraction=float(mask.mean()),
-            flagged_fraction=flagged,
-            threshold=threshold,
-            thresholds=dict(self.thresholds),
+            flagged_fraction=float(found["flagged_fraction"]),
+            threshold=float(found["threshold"]),
+            thresholds=dict(MARK_THRESHOLDS if evidence == "block_mark" else self.thresholds),
+            evidence=evidence,
         )
 
     def recover(self, image, result: VerifyResult | None = None) -> np.ndarray:
@@ -347,27 +302,11 @@ class Imuge:
         working-size pixels, so that tampered pixels at the mask's edge are not left as they
         were received."""
         mask = np.asarray(mask, dtype=bool)
-        height, width = mask.shape
-        grown = grow_mask(self._decoder_mask(mask), RECOVERY_MARGIN)
-        around = _resize(grown, (height, width), antialias=False)
-        return mask | (np.asarray(around)[0, :, :, 0] >= 0.5)
-
-    def _decoder_mask(self, mask):
-        """The decoder's 1 x S x S x 1 mask of a full-size bool mask: any tampered pixel
-        makes its working-size pixel tampered, since the decoder must not trust content
-        mixed with tampered content."""
-        import tensorflow as tf
-
-        small = _resize(tf.constant(mask[None, :, :, None], tf.float32),
-                        (self.image_size, self.image_size), antialias=True)
-        return tf.cast(small > 0.05, tf.float32)
+        grown = self._compiled()[4](np.asarray(mask, np.float32)[None, :, :, None])
+        return np.asarray(grown)[0, :, :, 0] > 0.5
 
     def recover_with_mask(self, image, mask) -> np.ndarray:
         """Recovers the content inside a given mask (H x W bool, True = tampered)."""
-        import tensorflow as tf
-
-        from imuge_tf.models.imuge import recover_working_size
-
         photo = check_photo(image)
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != photo.shape[:2]:
@@ -375,15 +314,9 @@ class Imuge:
                              f"{photo.shape[:2]}")
         if not mask.any():
             return photo.copy()
-        height, width = photo.shape[:2]
-        recovered = recover_working_size(
-            self.decoder, self._working(photo), self._decoder_mask(mask),
-            prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
-            thumbnail_block=self.thumbnail_block)
-        recovered = _resize(recovered, (height, width), antialias=False)
-        recovered = np.asarray(tf.round(tf.clip_by_value(recovered, 0.0, 1.0) * 255.0),
-                               dtype=np.uint8)[0]
-        return np.where(mask[:, :, None], recovered, photo)
+        recovered = self._compiled()[3](_photo_tensor(photo),
+                                        np.asarray(mask, np.float32)[None, :, :, None])
+        return np.asarray(recovered, dtype=np.float32)[0].astype(np.uint8)
 
 
 def calibrate(imuge: Imuge, photos, *, seed: int = 0, save: bool = True) -> dict:
@@ -413,8 +346,8 @@ def calibrate(imuge: Imuge, photos, *, seed: int = 0, save: bool = True) -> dict
         square = random_tamper_mask(tf.constant([seed, index], tf.int32), imuge.image_size)
         mask = np.asarray(tf.image.resize(square[None], photo.shape[:2],
                                           method="nearest"))[0, :, :, 0] > 0.5
-        donor = np.asarray(_resize(donor[None].astype(np.float32), photo.shape[:2],
-                                   antialias=True))[0].round().astype(np.uint8)
+        donor = np.asarray(tf.image.resize(donor[None].astype(np.float32), photo.shape[:2],
+                                          antialias=True))[0].round().astype(np.uint8)
         pasted = np.where(mask[:, :, None], donor, immunized)
         tampered.append(float(np.mean(imuge.probability(pasted) > FLAG_PROBABILITY)))
     intact_max = min(max(untampered) * 1.5 + 0.002, 0.05)

@@ -57,9 +57,22 @@ def _cells(x, block, pool="mean"):
 
 def _to_pixels(cells, block):
     """Repeats each cell value over its block x block pixels (nearest upsampling)."""
-    height, width = keras.ops.shape(cells)[1], keras.ops.shape(cells)[2]
-    return keras.ops.image.resize(cells, (height * block, width * block),
-                                  interpolation="nearest")
+    return keras.ops.repeat(keras.ops.repeat(cells, block, axis=1), block, axis=2)
+
+
+def _upsample_bilinear(cells, block):
+    """Bilinear upsampling by `block` (half-pixel centres, edges clamped) for any, even
+    unknown, size: nearest repetition, then a triangle filter of 2 x block - 1 taps."""
+    pixels = _to_pixels(cells, block)
+    if block == 1:
+        return pixels
+    taps = np.concatenate([np.arange(1, block + 1), np.arange(block - 1, 0, -1)])
+    taps = (taps / taps.sum()).astype(np.float32)
+    channels = pixels.shape[-1]
+    kernel = np.outer(taps, taps)[:, :, None, None] * np.ones((1, 1, channels, 1), np.float32)
+    pad = block - 1
+    padded = keras.ops.pad(pixels, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+    return keras.ops.depthwise_conv(padded, keras.ops.convert_to_tensor(kernel), padding="valid")
 
 
 def cell_means(images, block):
@@ -162,8 +175,7 @@ def hidden_prefill(received, mask, fallback, step, block):
     thumbnail = read_thumbnail(received_value, step, block)
     usable = thumbnail_usable(mask_value, block)
     trusted = usable * _reliability(received_value, mask_value, thumbnail, usable, block)
-    height, width = keras.ops.shape(received)[1], keras.ops.shape(received)[2]
-    upsampled = keras.ops.image.resize(thumbnail, (height, width), interpolation="bilinear")
+    upsampled = _upsample_bilinear(thumbnail, block)
     weight = _to_pixels(trusted, block) * mask
     return fallback * (1.0 - weight) + upsampled * weight
 

@@ -1,0 +1,151 @@
+"""The block mark: a keyed watermark in the photo's own 8 x 8 JPEG grid, at native resolution.
+
+The networks run at a working scale; what the verifier reads there cannot say, at the photo's
+own pixels, which 8 x 8 blocks were replaced. The block mark can. In every whole 8 x 8 block of
+the photo (aligned with the grid a JPEG encoder uses, from the top-left corner) a few
+low-frequency luminance DCT coefficients are moved onto a keyed lattice, dither modulation in
+the sense of SARI (Lin & Chang): coefficient `c` becomes the nearest `step * n + offset`, with
+`offset` in [0, step) drawn per block and per coefficient from the key.
+
+- **Invisible.** The change is at most `step / 2` per coefficient, spread over the block as a
+  smooth DCT basis function with no DC part; the same change on R, G and B is pure luminance.
+- **Robust to JPEG.** A later JPEG quantizes these coefficients with steps smaller than
+  `step / 2` down to quality 75, so the coefficient stays nearest its own lattice point.
+- **Local.** Reading needs no side information: `agreement = 1 - 4 |e|`, with `e` the distance
+  of the received coefficient from its lattice in steps, is 1 on an immunized block, about 0
+  (uniformly spread in [-1, 1]) on content that does not carry the mark: pasted from
+  elsewhere, painted over, cloned from another block (whose offsets differ), or a photo never
+  immunized at all.
+- **Keyed.** The offsets come from SHA-256 of the key, in a tile of `TILE_BLOCKS` x
+  `TILE_BLOCKS` blocks repeated over the photo; without the key the lattice is unknown.
+
+Every function is pure tensor code (reshape, matmul, round, tile), so the camera's TFLite graph,
+the TF Serving graph and the Python facade run the same operations.
+"""
+
+import hashlib
+
+import keras
+import numpy as np
+
+BLOCK = 8
+# Zig-zag positions (row, column) of the marked coefficients: the lowest AC frequencies, which
+# JPEG quantizes most finely and which survive downscaling best.
+DEFAULT_COEFFICIENTS = ((0, 1), (1, 0), (2, 0), (1, 1))
+DEFAULT_STEP = 12.0  # lattice spacing in orthonormal DCT units of 8-bit levels
+TILE_BLOCKS = 128  # the offset tile repeats every 1,024 pixels
+PUBLIC_KEY = b"imuge-tf public demo key"
+# Base pixels are kept this many levels inside [0, 255] so that the mark is never clipped
+# (a saturated highlight would otherwise lose it and read as tampered).
+HEADROOM = 3.0
+
+
+def dct_basis(coefficients=DEFAULT_COEFFICIENTS) -> np.ndarray:
+    """[64, k]: the orthonormal 8 x 8 DCT-II basis images of `coefficients`, one per column."""
+    positions = np.arange(BLOCK)
+    scale = np.where(positions == 0, np.sqrt(1.0 / BLOCK), np.sqrt(2.0 / BLOCK))
+    cosines = scale[:, None] * np.cos(np.pi * (2 * positions[None, :] + 1)
+                                      * positions[:, None] / (2 * BLOCK))  # [freq, pixel]
+    columns = [np.outer(cosines[row], cosines[column]).reshape(-1)
+               for row, column in coefficients]
+    return np.stack(columns, axis=1).astype(np.float32)
+
+
+def key_bytes(key) -> bytes:
+    """The key as bytes: None is the public demo key, a str is UTF-8 encoded."""
+    if key is None:
+        return PUBLIC_KEY
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, bytes | bytearray) or not key:
+        raise ValueError("a key must be a non-empty str or bytes")
+    return bytes(key)
+
+
+def offset_tile(key, count: int, step: float = DEFAULT_STEP) -> np.ndarray:
+    """[TILE_BLOCKS, TILE_BLOCKS, count] keyed lattice offsets in [0, step)."""
+    digest = hashlib.sha256(b"imuge-tf block mark\0" + key_bytes(key)).digest()
+    generator = np.random.default_rng(np.frombuffer(digest, dtype=np.uint64))
+    uniform = generator.random((TILE_BLOCKS, TILE_BLOCKS, count))
+    return (uniform * step).astype(np.float32)
+
+
+def luminance(levels):
+    """JPEG's luma of [B, H, W, 3] images: a change added equally to R, G, B moves it 1:1."""
+    weights = keras.ops.convert_to_tensor(np.array([0.299, 0.587, 0.114], np.float32))
+    return keras.ops.sum(levels * weights, axis=-1)
+
+
+def _blocks(plane, rows, columns):
+    """[B, H, W] -> [B, rows, columns, 64]: the whole 8 x 8 blocks from the top-left corner."""
+    cropped = plane[:, : rows * BLOCK, : columns * BLOCK]
+    shaped = keras.ops.reshape(cropped, (-1, rows, BLOCK, columns, BLOCK))
+    shaped = keras.ops.transpose(shaped, (0, 1, 3, 2, 4))
+    return keras.ops.reshape(shaped, (-1, rows, columns, BLOCK * BLOCK))
+
+
+def _unblocks(blocks, rows, columns, height, width):
+    """The inverse of `_blocks`, zero-padded back to [B, H, W]."""
+    shaped = keras.ops.reshape(blocks, (-1, rows, columns, BLOCK, BLOCK))
+    shaped = keras.ops.transpose(shaped, (0, 1, 3, 2, 4))
+    plane = keras.ops.reshape(shaped, (-1, rows * BLOCK, columns * BLOCK))
+    return keras.ops.pad(plane, ((0, 0), (0, height - rows * BLOCK),
+                                 (0, width - columns * BLOCK)))
+
+
+def _offsets(tile, rows, columns):
+    """The offset tile repeated over rows x columns blocks: [1, rows, columns, k]."""
+    tiles = keras.ops.convert_to_tensor(tile)
+    repeats = ((rows + TILE_BLOCKS - 1) // TILE_BLOCKS, (columns + TILE_BLOCKS - 1) // TILE_BLOCKS,
+               1)
+    return keras.ops.tile(tiles, repeats)[None, :rows, :columns]
+
+
+def _grid(levels):
+    height, width = keras.ops.shape(levels)[1], keras.ops.shape(levels)[2]
+    return height, width, height // BLOCK, width // BLOCK
+
+
+class BlockMark:
+    """The block mark of one key: `embed` for the camera, `agreement` for the verifier."""
+
+    def __init__(self, key=None, *, coefficients=DEFAULT_COEFFICIENTS, step=DEFAULT_STEP):
+        if step <= 0:
+            raise ValueError(f"block mark step must be > 0, got {step}")
+        self.coefficients = tuple(tuple(int(i) for i in pair) for pair in coefficients)
+        if not self.coefficients or any(pair == (0, 0) or not all(0 <= i < BLOCK for i in pair)
+                                         for pair in self.coefficients):
+            raise ValueError("block mark coefficients must be AC positions (row, column) "
+                             f"in 0..{BLOCK - 1}, got {coefficients}")
+        self.step = float(step)
+        self.basis = dct_basis(self.coefficients)
+        self.tile = offset_tile(key, len(self.coefficients), self.step)
+
+    def _coefficients(self, plane, rows, columns):
+        return keras.ops.matmul(_blocks(plane, rows, columns),
+                                keras.ops.convert_to_tensor(self.basis))
+
+    def embed(self, levels):
+        """[B, H, W, 3] float 8-bit levels -> the same with the mark, rounded to 8 bits.
+
+        Pixels are first kept HEADROOM levels inside [0, 255]; the change is added equally to
+        R, G and B. Blocks cut by the right or bottom edge are left unmarked.
+        """
+        height, width, rows, columns = _grid(levels)
+        base = keras.ops.clip(levels, HEADROOM, 255.0 - HEADROOM)
+        coefficients = self._coefficients(luminance(base), rows, columns)
+        offsets = _offsets(self.tile, rows, columns)
+        target = self.step * keras.ops.round((coefficients - offsets) / self.step) + offsets
+        change = keras.ops.matmul(target - coefficients,
+                                  keras.ops.convert_to_tensor(self.basis.T))
+        change = _unblocks(change, rows, columns, height, width)
+        return keras.ops.clip(keras.ops.round(base + change[..., None]), 0.0, 255.0)
+
+    def agreement(self, levels):
+        """[B, H, W, 3] float 8-bit levels -> [B, H // 8, W // 8, 1]: the mean agreement of each
+        whole block's coefficients with the keyed lattice (1 marked, ~0 unmarked)."""
+        _, _, rows, columns = _grid(levels)
+        coefficients = self._coefficients(luminance(levels), rows, columns)
+        phase = (coefficients - _offsets(self.tile, rows, columns)) / self.step
+        distance = keras.ops.abs(phase - keras.ops.round(phase))
+        return keras.ops.mean(1.0 - 4.0 * distance, axis=-1, keepdims=True)

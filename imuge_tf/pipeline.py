@@ -1,0 +1,271 @@
+"""The inference pipeline, defined once as graph code: immunize, verify (analyse), recover.
+
+`InferencePipeline` holds the three networks and every inference setting, and its methods are
+pure TensorFlow on float 8-bit levels, [1, H, W, 3] at the photo's own size and aspect ratio.
+The Python facade (`imuge_tf.inference.Imuge`) is NumPy I/O around them; the TF Serving model
+and the camera's TFLite model (`imuge_tf.export`) are exports of the same methods, so the three
+cannot drift apart.
+
+- **Working scale.** The networks see the photo at a working size whose long side is
+  `image_size` and whose short side follows the aspect ratio (a multiple of 16, as the U-Nets
+  need); `working_view` brings a photo there with box averaging by a whole factor and then
+  bilinear resampling of at most ~2x, ops that TFLite has as builtins.
+- **Immunize.** The encoder's residual, upsampled bilinearly (smooth: no cells or tiles) and
+  scaled by `residual_gain`, is added at full resolution; then the block mark
+  (`models/blockmark.py`) is written into the photo's own 8 x 8 grid and the result rounded.
+- **Analyse.** Where the block mark is present (at least MARK_PRESENT of the blocks carry it),
+  the tamper map is the mark's absence at native resolution, block by block. Where no block
+  carries it (a never-immunized photo, or one resampled or compressed so hard that the 8 x 8
+  grid is gone) the learned verifier's map at the working scale decides, with Otsu's threshold
+  and a 4 x 4 opening (paper section 3.5). The verdict follows from the share of the photo
+  flagged and the thresholds of each evidence.
+- **Recover.** The decoder at the working scale (push-pull pre-fill, learned correction), its
+  output upsampled and put only inside the mask grown by RECOVERY_MARGIN working pixels.
+"""
+
+import tensorflow as tf
+
+from imuge_tf.models.blockmark import BLOCK, BlockMark
+
+VERDICTS = ("intact", "tampered", "not_immunized")
+FLAG_PROBABILITY = 0.5
+MORPHOLOGY_KERNEL = 4  # paper section 3.5, at the working scale
+# `recover` redraws the verifier's mask grown by this many working-size pixels: a tampered
+# pixel the mask misses keeps pasted content, while a redrawn untampered one costs little.
+RECOVERY_MARGIN = 4
+# Block mark read-out: the agreement of a block with the keyed lattice, averaged over its 3 x 3
+# neighbourhood, maps linearly to a tamper probability from 1 at MARK_ABSENT to 0 at
+# MARK_PRESENT_LEVEL (BENCHMARKS.md, "block mark", has the distributions this sits between).
+MARK_WINDOW = 3
+MARK_ABSENT = 0.12
+MARK_PRESENT_LEVEL = 0.42
+MARK_OPENING = 2  # blocks: removes isolated flagged blocks
+# Share of blocks that must carry the mark for the mark to be the evidence (by chance, a photo
+# that was never immunized has about 0.3 % of such blocks).
+MARK_PRESENT = 0.05
+# Verdict thresholds (shares of flagged pixels) when the mark is the evidence: an untouched
+# immunized photo flags none, a never-immunized one all of it.
+MARK_THRESHOLDS = {"intact_max_fraction": 0.002, "not_immunized_min_fraction": 0.9}
+DEFAULT_RESIDUAL_GAIN = 1.0
+
+
+def working_size(height, width, long_side):
+    """(h, w): long side `long_side`, the short side following the aspect ratio, both
+    multiples of 16 (at least 16). Works on Python ints and on scalar tensors."""
+    if isinstance(height, int) and isinstance(width, int):
+        scale = long_side / max(height, width)
+        return (max(16, int(round(height * scale / 16.0)) * 16),
+                max(16, int(round(width * scale / 16.0)) * 16))
+    height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    scale = float(long_side) / tf.maximum(height_f, width_f)
+
+    def side(length):
+        return tf.maximum(16, tf.cast(tf.round(length * scale / 16.0), tf.int32) * 16)
+
+    return side(height_f), side(width_f)
+
+
+def _box_pool(images, factor):
+    """[1, H, W, C] -> [1, H // f, W // f, C]: the mean of each f x f box (the last partial
+    row and column of boxes is dropped). Rank-4 reshapes only, for TFLite."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    channels = images.shape[-1]
+    rows, columns = height // factor, width // factor
+    x = images[0, : rows * factor, : columns * factor]
+    x = tf.reduce_mean(tf.reshape(x, [rows, factor, columns * factor, channels]), axis=1)
+    x = tf.reduce_mean(tf.reshape(x, [rows, columns, factor, channels]), axis=2)
+    return x[None]
+
+
+def working_view(images, size):
+    """[1, H, W, C] -> [1, h, w, C] at `size`: box average by the largest whole factor that
+    leaves at least twice the target size, then bilinear resampling (half-pixel centres)."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    factor = tf.maximum(1, tf.minimum(height // (2 * size[0]), width // (2 * size[1])))
+    pooled = _box_pool(images, factor)
+    return tf.image.resize(pooled, tf.stack(size), method="bilinear", antialias=False)
+
+
+def full_view(images, height, width, method="bilinear"):
+    """[1, h, w, C] brought up to [1, H, W, C] (bilinear: smooth, no cells)."""
+    return tf.image.resize(images, tf.stack([height, width]), method=method, antialias=False)
+
+
+def otsu_threshold(values, bins=256):
+    """Otsu's threshold of probabilities in [0, 1] (any shape), as a float64 scalar."""
+    values = tf.reshape(tf.cast(values, tf.float64), [-1])
+    counts = tf.cast(tf.histogram_fixed_width(values, [0.0, 1.0], nbins=bins), tf.float64)
+    centres = (tf.range(bins, dtype=tf.float64) + 0.5) / bins
+    weight_low = tf.cumsum(counts)
+    weight_high = tf.reduce_sum(counts) - weight_low
+    sum_low = tf.cumsum(counts * centres)
+    mean_low = sum_low / tf.maximum(weight_low, 1.0)
+    mean_high = (tf.reduce_sum(counts * centres) - sum_low) / tf.maximum(weight_high, 1.0)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    return (tf.cast(tf.argmax(between), tf.float64) + 1.0) / bins
+
+
+def opening(masks, kernel_size):
+    """Binary opening of [1, H, W, 1] 0/1 masks with a k x k square (erode, then dilate)."""
+    k = int(kernel_size)
+    if k <= 1:
+        return masks
+    # Erosion: 1 at p where the whole square starting at p is 1 (its top-left corner at p).
+    padded = tf.pad(masks, [[0, 0], [0, k - 1], [0, k - 1], [0, 0]])
+    eroded = -tf.nn.max_pool2d(-padded, k, 1, "VALID")
+    padded = tf.pad(eroded, [[0, 0], [k - 1, 0], [k - 1, 0], [0, 0]])
+    return tf.nn.max_pool2d(padded, k, 1, "VALID")
+
+
+def grow_mask(masks, margin):
+    """[1, h, w, 1] 0/1 masks grown by `margin` pixels (a square max filter)."""
+    if margin <= 0:
+        return masks
+    return tf.nn.max_pool2d(masks, 2 * margin + 1, strides=1, padding="SAME")
+
+
+class InferencePipeline:
+    """The networks and settings of one model, and the graph code that uses them.
+
+    Args:
+        encoder, verifier, decoder: the Keras networks (working scale).
+        image_size: long side of the working scale.
+        decoder_prefill, thumbnail_step, thumbnail_block: as the model was trained.
+        residual_gain: scale of the encoder's residual at full resolution.
+        key: the block mark's key (None: the public demo key).
+        network_thresholds: verdict thresholds of the learned verifier (imuge.json).
+        mark_step, mark_coefficients: the block mark's lattice (models/blockmark.py).
+    """
+
+    def __init__(self, encoder, verifier, decoder, *, image_size, decoder_prefill=False,
+                 thumbnail_step=0.0, thumbnail_block=2, residual_gain=DEFAULT_RESIDUAL_GAIN,
+                 key=None, network_thresholds=None, mark_step=None, mark_coefficients=None):
+        from imuge_tf.models import blockmark
+
+        self.encoder = encoder
+        self.verifier = verifier
+        self.decoder = decoder
+        self.image_size = int(image_size)
+        self.decoder_prefill = bool(decoder_prefill)
+        self.thumbnail_step = float(thumbnail_step)
+        self.thumbnail_block = int(thumbnail_block)
+        self.residual_gain = float(residual_gain)
+        self.mark = BlockMark(
+            key, step=mark_step or blockmark.DEFAULT_STEP,
+            coefficients=mark_coefficients or blockmark.DEFAULT_COEFFICIENTS)
+        self.network_thresholds = dict(network_thresholds or {})
+
+    # ------------------------------------------------------------------------------ pieces
+    def working_size(self, height, width):
+        return working_size(height, width, self.image_size)
+
+    def working(self, levels):
+        """[1, H, W, 3] levels -> the networks' input, [1, h, w, 3] in [0, 1]."""
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
+        return working_view(levels / 255.0, self.working_size(height, width))
+
+    # ---------------------------------------------------------------------------- immunize
+    def immunize(self, levels):
+        """[1, H, W, 3] float 8-bit levels -> the immunized photo, same size, whole levels."""
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
+        residual = self.encoder(self.working(levels), training=False)
+        residual = full_view(residual, height, width) * (255.0 * self.residual_gain)
+        return self.mark.embed(levels + residual)
+
+    # ----------------------------------------------------------------------------- analyse
+    def mark_probability(self, levels):
+        """[1, H // 8, W // 8, 1]: the tamper probability of each whole block from the mark."""
+        agreement = self.mark.agreement(levels)
+        smooth = tf.nn.avg_pool2d(agreement, MARK_WINDOW, 1, "SAME")  # excludes the padding
+        return tf.clip_by_value((MARK_PRESENT_LEVEL - smooth)
+                                / (MARK_PRESENT_LEVEL - MARK_ABSENT), 0.0, 1.0)
+
+    def _blocks_to_pixels(self, blocks, height, width):
+        """Block map [1, rows, cols, 1] -> [1, H, W, 1], each block over its 8 x 8 pixels and
+        the partial blocks at the right and bottom edges like their neighbours."""
+        rows, columns = tf.shape(blocks)[1], tf.shape(blocks)[2]
+        pixels = tf.image.resize(blocks, tf.stack([rows * BLOCK, columns * BLOCK]),
+                                 method="nearest")
+        return tf.pad(pixels, [[0, 0], [0, height - rows * BLOCK],
+                               [0, width - columns * BLOCK], [0, 0]], mode="SYMMETRIC")
+
+    def _verdict(self, flagged, found, thresholds):
+        intact_max, not_immunized_min = thresholds
+        return tf.where(flagged >= not_immunized_min, 2,
+                        tf.where(flagged < intact_max, 0, tf.where(found, 1, 0)))
+
+    def analyse(self, levels):
+        """[1, H, W, 3] levels -> dict of the verdict (index into VERDICTS), the probability
+        and mask at [H, W], the share flagged, the threshold used and the evidence (1: the
+        block mark, 0: the learned verifier)."""
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
+        blocks = self.mark_probability(levels)
+        marked_share = tf.reduce_mean(tf.cast(blocks < FLAG_PROBABILITY, tf.float32))
+        use_mark = marked_share >= MARK_PRESENT
+        return tf.cond(use_mark, lambda: self._from_mark(blocks, height, width),
+                       lambda: self._from_network(levels, height, width))
+
+    def _from_mark(self, blocks, height, width):
+        flagged_blocks = tf.cast(blocks > FLAG_PROBABILITY, tf.float32)
+        flagged = tf.reduce_mean(flagged_blocks)
+        refined = opening(flagged_blocks, MARK_OPENING)
+        verdict = self._verdict(flagged, tf.reduce_any(refined > 0.5),
+                                (MARK_THRESHOLDS["intact_max_fraction"],
+                                 MARK_THRESHOLDS["not_immunized_min_fraction"]))
+        refined = tf.where(verdict == 2, tf.ones_like(refined),
+                           tf.where(verdict == 0, tf.zeros_like(refined), refined))
+        probability = self._blocks_to_pixels(blocks, height, width)
+        mask = self._blocks_to_pixels(refined, height, width)
+        return {"verdict": tf.cast(verdict, tf.int32), "probability": probability[0, :, :, 0],
+                "mask": mask[0, :, :, 0] > 0.5, "flagged_fraction": flagged,
+                "threshold": tf.constant(FLAG_PROBABILITY, tf.float32),
+                "evidence": tf.constant(1, tf.int32)}
+
+    def _from_network(self, levels, height, width):
+        probability = self.verifier(self.working(levels), training=False)
+        flagged = tf.reduce_mean(tf.cast(probability > FLAG_PROBABILITY, tf.float32))
+        # Otsu splits the map into its two modes; kept within sensible bounds so that a map
+        # with one weak mode cannot pull the threshold to the noise floor.
+        otsu = tf.cast(tf.clip_by_value(otsu_threshold(probability), 0.2, 0.8), tf.float32)
+        refined = opening(tf.cast(probability > otsu, tf.float32), MORPHOLOGY_KERNEL)
+        thresholds = (self.network_thresholds.get("intact_max_fraction", 0.01),
+                      self.network_thresholds.get("not_immunized_min_fraction", 0.6))
+        verdict = self._verdict(flagged, tf.reduce_any(refined > 0.5), thresholds)
+        refined = tf.where(verdict == 2, tf.ones_like(refined),
+                           tf.where(verdict == 0, tf.zeros_like(refined), refined))
+        threshold = tf.where(verdict == 1, otsu, FLAG_PROBABILITY)
+        full_probability = tf.clip_by_value(full_view(probability, height, width), 0.0, 1.0)
+        mask = full_view(refined, height, width) >= 0.5
+        return {"verdict": tf.cast(verdict, tf.int32),
+                "probability": full_probability[0, :, :, 0], "mask": mask[0, :, :, 0],
+                "flagged_fraction": flagged, "threshold": threshold,
+                "evidence": tf.constant(0, tf.int32)}
+
+    # ----------------------------------------------------------------------------- recover
+    def decoder_mask(self, mask):
+        """[1, H, W, 1] 0/1 -> the decoder's [1, h, w, 1] mask: a working pixel with any
+        tampered content is tampered (the decoder must not trust mixed content)."""
+        height, width = tf.shape(mask)[1], tf.shape(mask)[2]
+        small = working_view(mask, self.working_size(height, width))
+        return tf.cast(small > 0.05, tf.float32)
+
+    def recovery_mask(self, mask):
+        """[1, H, W, 1] 0/1 -> the area recovery redraws: the mask grown by RECOVERY_MARGIN
+        working pixels."""
+        height, width = tf.shape(mask)[1], tf.shape(mask)[2]
+        grown = grow_mask(self.decoder_mask(mask), RECOVERY_MARGIN)
+        return tf.maximum(mask, tf.cast(full_view(grown, height, width) >= 0.5, tf.float32))
+
+    def recover(self, levels, mask):
+        """[1, H, W, 3] levels and a [1, H, W, 1] 0/1 mask -> the photo with the content
+        inside the mask reconstructed (whole levels; pixels outside the mask unchanged)."""
+        from imuge_tf.models.imuge import recover_working_size
+
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
+        recovered = recover_working_size(
+            self.decoder, self.working(levels), self.decoder_mask(mask),
+            prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
+            thumbnail_block=self.thumbnail_block)
+        recovered = tf.round(tf.clip_by_value(full_view(recovered, height, width), 0.0, 1.0)
+                             * 255.0)
+        return tf.where(mask > 0.5, recovered, levels)
