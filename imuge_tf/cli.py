@@ -592,12 +592,13 @@ def run_demo(args) -> int:
 
 
 def run_export(args) -> int:
-    from imuge_tf.export import ExportError, check_out_dir, export_model
+    from imuge_tf.export import ExportError, check_out_dir, export_model, parse_camera_size
 
     try:
-        # Refuse an output folder before the (slow) model load.
+        # Refuse an output folder or camera size before the (slow) model load.
         check_out_dir(os.path.abspath(args.out), args.force)
-    except ExportError as error:
+        camera_size = parse_camera_size(args.camera_size) if args.camera_size else None
+    except (ExportError, ValueError) as error:
         raise CommandError(_one_line(error)) from None
     imuge = load_model(args.model)
     reporter = Reporter(args, "export")
@@ -608,7 +609,7 @@ def run_export(args) -> int:
 
     try:
         manifest = export_model(imuge, args.out, force=args.force, int8=not args.no_int8,
-                                progress=progress)
+                                camera_size=camera_size, progress=progress)
     except ExportError as error:
         raise CommandError(_one_line(error)) from None
     encoder = manifest["encoder"]
@@ -618,10 +619,15 @@ def run_export(args) -> int:
         error = record["residual_error"]
         lines.append(f"  encoder TFLite {variant}: {record['file']} ({record['bytes']:,} bytes; "
                      f"residual error max {error['max_levels']:.3g} / p99 "
-                     f"{error['p99_levels']:.2g} levels; F1 {record['f1_delta']:+.4f}, PSNR "
-                     f"{record['psnr_delta_db']:+.3f} dB vs Keras)")
+                     f"{error['p99_levels']:.2g} levels vs Keras)")
     for variant, record in encoder["withheld"].items():
         lines.append(f"  encoder TFLite {variant}: not shipped ({record['reason']})")
+    if "camera" in manifest:
+        camera = manifest["camera"]
+        lines.append(f"  camera TFLite (whole immunization, uint8 in and out): {camera['file']} "
+                     f"({camera['bytes']:,} bytes; "
+                     f"{camera['parity']['within_one_level_share']:.3%} of pixels within 1 "
+                     "level of Imuge.immunize)")
     serving = manifest["serving"]
     lines.append(f"  TF Serving model: {serving['version_dir']} (signatures "
                  f"{', '.join(serving['signatures'])}); serving/models.config, "
@@ -796,18 +802,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export", help="export for deployment: TFLite encoder, TF Serving verifier/decoder",
-        description=_wrap("Writes the encoder as TFLite (fp32, fp16, dynamic-range and, when "
-                          "its parity holds, full int8) and as a SavedModel, and the verifier "
-                          "+ decoder as one TF Serving SavedModel with models.config, "
-                          "batching parameters and warm-up requests, under OUT (layout in "
-                          "export/README.md). Each TFLite variant is checked end to end "
-                          "against the Keras encoder; one that fails is not written."),
+        description=_wrap("Writes the working-scale encoder as TFLite (fp32, fp16, and the "
+                          "int8 variants whose residual error passes their gate) and as a "
+                          "SavedModel; with --camera-size, the camera model that does the whole "
+                          "immunization of a full-size photo; and the verifier + decoder as "
+                          "one TF Serving SavedModel with models.config, batching parameters "
+                          "and warm-up requests, under OUT (layout in export/README.md)."),
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     export.add_argument("--out", required=True, metavar="DIR", help="output folder")
     export.add_argument("--force", action="store_true",
                         help="replace an earlier export in OUT")
     export.add_argument("--no-int8", action="store_true",
                         help="skip the full-int8 encoder (its calibration is the slow part)")
+    export.add_argument("--camera-size", metavar="WIDTHxHEIGHT",
+                        help="also write the camera TFLite model for photos of this size: "
+                             "uint8 photo in, immunized photo out, builtin ops only")
     _add_common(export)
     export.set_defaults(handler=run_export, runner=run_image_command)
 

@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 ENCODER_VARIANTS = ("fp32", "fp16", "dynamic", "int8")
-REQUIRED_VARIANTS = ("fp32", "fp16", "dynamic")
+REQUIRED_VARIANTS = ("fp32", "fp16")
 SERVING_NAME = "imuge"
 SERVING_VERSION = 1
 SERVING_BASE_PATH = "/models/imuge"  # where the docker command of export/README.md mounts it
@@ -54,8 +54,12 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 FP32_MAX_LEVELS = 0.05
 QUANTIZED_MAX_LEVELS = 8.0
 QUANTIZED_RMS_SHARE = 0.5  # error RMS at most this share of the residual's own RMS
-F1_TOLERANCE = 0.01
-PSNR_TOLERANCE_DB = 0.2
+# The camera model's immunized photo against `Imuge.immunize` on the same photo: at least this
+# share of pixels within CAMERA_MAX_LEVELS. The rest are whole blocks whose coefficient lay a
+# rounding error from the middle between two lattice points, which the interpreter's float
+# arithmetic put on the other one; both carry the mark.
+CAMERA_MAX_LEVELS = 1
+CAMERA_MIN_SHARE = 0.999
 CALIBRATION_SAMPLES = 32  # representative images for full int8
 
 # TF Serving text protos, written by export_model and kept as copies in the repository's
@@ -279,76 +283,89 @@ def residual_error(encoder, runner, images) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# End-to-end parity: immunize with a variant, verify and recover with the Keras models
+# The camera: the whole immunization in one TFLite graph
 
 
-def parity_cases(image_size: int, photos=None, seed: int = 0):
-    """(original, true mask, donor) triples: bundled photos with an object-shaped tamper."""
+def parse_camera_size(text: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' -> (width, height), or a ValueError that says what is wrong."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        raise ValueError(f"camera size must be WIDTHxHEIGHT in pixels (e.g. 4000x3000), "
+                         f"got '{text}'")
+    width, height = int(parts[0]), int(parts[1])
+    from imuge_tf.inference import MIN_SIDE
+    from imuge_tf.io import DEFAULT_MAX_PIXELS
+
+    if min(width, height) < MIN_SIDE or width * height > DEFAULT_MAX_PIXELS:
+        raise ValueError(f"camera size {width}x{height} is outside {MIN_SIDE} px per side to "
+                         f"{DEFAULT_MAX_PIXELS // 1_000_000} MP")
+    return width, height
+
+
+def save_camera_model(imuge, width: int, height: int, path: str) -> str:
+    """The camera SavedModel: photo 1 x H x W x 3 uint8 -> immunized photo, same form; the
+    graph is `InferencePipeline.immunize`, the one the facade runs."""
+    import keras
     import tensorflow as tf
 
-    from imuge_tf.attacks.masks import random_tamper_mask
-    from imuge_tf.samples import sample_photos
+    pipeline = imuge.pipeline
+    archive = keras.export.ExportArchive()
+    archive.track(imuge.encoder)
 
-    photos = list(photos) if photos is not None else sample_photos()
-    cases = []
-    for index, photo in enumerate(photos):
-        height, width = photo.shape[:2]
-        square = random_tamper_mask(tf.constant([seed, index], tf.int64), image_size)
-        mask = np.asarray(tf.image.resize(square[None], (height, width),
-                                          method="nearest"))[0, :, :, 0] > 0.5
-        donor = photos[(index + 1) % len(photos)]
-        donor = np.asarray(tf.image.resize(donor[None].astype(np.float32), (height, width),
-                                           method="bilinear", antialias=True))[0]
-        cases.append((photo, mask, np.clip(np.rint(donor), 0, 255).astype(np.uint8)))
-    return cases
+    def immunize(photo):
+        immunized = pipeline.immunize(tf.cast(photo, tf.float32))
+        return {"immunized": tf.cast(immunized, tf.uint8)}
+
+    archive.add_endpoint("serving_default", immunize, input_signature=[
+        tf.TensorSpec([1, height, width, 3], tf.uint8, name="photo")])
+    archive.write_out(path, verbose=False)
+    return path
 
 
-def end_to_end(imuge, encoder, cases) -> dict:
-    """Immunizes each case with `encoder` (Keras or TFLiteEncoder), pastes the donor into the
-    mask, verifies and recovers with `imuge`'s Keras verifier and decoder.
+class TFLiteCamera:
+    """Runs a camera TFLite model on uint8 H x W x 3 photos of its size. Not thread-safe."""
 
-    Returns the mean localization F1, recovery PSNR (whole photo) and L-PSNR (inside the
-    mask) against the original, the verdicts, and the immunized photos.
-    """
-    from imuge_tf import scoring
+    def __init__(self, model, num_threads=None):
+        self.interpreter = _interpreter(model, num_threads=num_threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.shape = tuple(int(v) for v in self.input["shape"])
 
-    swapped = imuge.with_encoder(encoder)
-    f1s, psnrs, l_psnrs, verdicts, immunized_photos = [], [], [], [], []
-    for original, mask, donor in cases:
-        immunized = swapped.immunize(original)
-        tampered = np.where(mask[:, :, None], donor, immunized)
-        result = imuge.verify(tampered)
-        recovered = imuge.recover(tampered, result)
-        intact = imuge.verify(immunized)
-        f1s.append(scoring.f1(result.mask, mask))
-        psnrs.append(scoring.psnr(original, recovered))
-        l_psnrs.append(scoring.l_psnr(original, recovered, mask))
-        verdicts.append((result.verdict, intact.verdict))
-        immunized_photos.append(immunized)
-    return {"f1": float(np.mean(f1s)), "psnr": float(np.mean(psnrs)),
-            "l_psnr": float(np.mean(l_psnrs)), "verdicts": verdicts,
-            "immunized": immunized_photos}
+    def __call__(self, photo) -> np.ndarray:
+        photo = np.asarray(photo, np.uint8)
+        if photo.shape != self.shape[1:]:
+            raise ValueError(f"this camera model takes {self.shape[2]}x{self.shape[1]} photos, "
+                             f"got {photo.shape[1]}x{photo.shape[0]}")
+        self.interpreter.set_tensor(self.input["index"], photo[None])
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"])[0].copy()
 
 
-def compare_end_to_end(reference: dict, variant: dict) -> dict:
-    """The parity figures of `variant` against `reference` (both from `end_to_end`)."""
-    levels = [np.abs(a.astype(np.int16) - b.astype(np.int16))
-              for a, b in zip(reference["immunized"], variant["immunized"])]
-    changed = np.concatenate([level.ravel() for level in levels])
-    agree = np.mean([a == b for a, b in zip(reference["verdicts"], variant["verdicts"])])
-    f1_delta = variant["f1"] - reference["f1"]
-    psnr_delta = variant["psnr"] - reference["psnr"]
-    return {
-        "f1": variant["f1"], "psnr": variant["psnr"], "l_psnr": variant["l_psnr"],
-        "f1_delta": f1_delta, "psnr_delta_db": psnr_delta,
-        "l_psnr_delta_db": variant["l_psnr"] - reference["l_psnr"],
-        "verdict_agreement": float(agree),
-        "immunized_max_levels": int(changed.max()),
-        "immunized_changed_share": float(np.mean(changed > 0)),
-        # A camera's photos must get the verdicts the Keras encoder's would get.
-        "holds": bool(abs(f1_delta) <= F1_TOLERANCE and abs(psnr_delta) <= PSNR_TOLERANCE_DB
-                      and agree == 1.0),
-    }
+def cover(photo: np.ndarray, width: int, height: int) -> np.ndarray:
+    """`photo` scaled to cover width x height and centre-cropped to it (for parity checks)."""
+    from PIL import Image
+
+    scale = max(width / photo.shape[1], height / photo.shape[0])
+    size = (max(width, round(photo.shape[1] * scale)), max(height, round(photo.shape[0] * scale)))
+    scaled = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
+    top, left = (scaled.shape[0] - height) // 2, (scaled.shape[1] - width) // 2
+    return np.ascontiguousarray(scaled[top:top + height, left:left + width])
+
+
+def camera_parity(imuge, camera, photos) -> dict:
+    """How far the camera model's immunized photos are from `Imuge.immunize` (8-bit levels)."""
+    height, width = camera.shape[1], camera.shape[2]
+    differences = []
+    for photo in photos:
+        photo = cover(photo, width, height)
+        got = camera(photo).astype(np.int16)
+        expected = imuge.immunize(photo).astype(np.int16)
+        differences.append(np.abs(got - expected).ravel())
+    difference = np.concatenate(differences)
+    return {"photos": len(photos), "max_levels": int(difference.max()),
+            "within_one_level_share": float(np.mean(difference <= 1)),
+            "differing_share": float(np.mean(difference > 0)),
+            "holds": bool(np.mean(difference <= CAMERA_MAX_LEVELS) >= CAMERA_MIN_SHARE)}
 
 
 def residual_gate(variant: str, error: dict, hidden_thumbnail: bool = False) -> tuple[bool, str]:
@@ -374,73 +391,26 @@ def residual_gate(variant: str, error: dict, hidden_thumbnail: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# The verifier + decoder for TF Serving, in TF ops
-
-
-def otsu_threshold_tf(values):
-    """Otsu's threshold of a float tensor, as imuge_tf.postprocess.otsu_threshold computes it
-    (256 equal bins over [min, max], the first bin centre of maximal between-class variance;
-    a constant map gives its value). Float64 throughout, as NumPy computes it."""
-    import tensorflow as tf
-
-    values = tf.reshape(tf.cast(values, tf.float64), [-1])
-    low, high = tf.reduce_min(values), tf.reduce_max(values)
-    bins = 256
-    # Equal ranges make histogram_fixed_width divide by zero: use any range and return `low`.
-    span = tf.where(high > low, high - low, tf.constant(1.0, tf.float64))
-    counts = tf.cast(tf.histogram_fixed_width(values, tf.stack([low, low + span]), nbins=bins),
-                     tf.float64)
-    edges = low + tf.range(bins + 1, dtype=tf.float64) * (span / bins)
-    edges = tf.concat([edges[:-1], [low + span]], axis=0)  # np.linspace ends exactly on max
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    weight0 = tf.cumsum(counts)[:-1]
-    weight1 = tf.cumsum(counts, reverse=True)[1:]
-    sum0 = tf.cumsum(counts * centres)[:-1]
-    sum1 = tf.cumsum(counts * centres, reverse=True)[1:]
-    mean0 = tf.math.divide_no_nan(sum0, weight0)
-    mean1 = tf.math.divide_no_nan(sum1, weight1)
-    between = weight0 * weight1 * tf.square(mean0 - mean1)
-    between = tf.where((weight0 > 0) & (weight1 > 0), between, -tf.ones_like(between))
-    # The first index of the maximum, as np.argmax (tf.argmax does not promise it on ties,
-    # and splits inside an empty stretch of the histogram tie exactly).
-    best = tf.reduce_min(tf.where(tf.equal(between, tf.reduce_max(between)))[:, 0])
-    return tf.where(high > low, centres[best], low)
-
-
-def opening_tf(masks, kernel_size: int):
-    """Binary opening of float masks [N, H, W, 1] with a k x k square, as refine_mask does:
-    the union of all k x k squares that fit inside the mask and the image."""
-    import tensorflow as tf
-
-    if kernel_size <= 1:
-        return masks
-    k = kernel_size
-    # Erosion: 1 at p where the square with top-left corner p lies inside the mask.
-    eroded = -tf.nn.max_pool2d(-masks, k, 1, "VALID")
-    # Dilation: 1 at q where some kept square covers q (squares start at q-k+1 .. q).
-    padded = tf.pad(eroded, [[0, 0], [k - 1, k - 1], [k - 1, k - 1], [0, 0]])
-    return tf.nn.max_pool2d(padded, k, 1, "VALID")
+# The verifier + decoder for TF Serving: decoding and PNG encoding around the pipeline
 
 
 class _ServingGraph:
-    """The TF functions of the serving SavedModel, closed over the networks and thresholds."""
+    """The TF functions of the serving SavedModel: `InferencePipeline.analyse` and `recover`
+    (the graph code the facade runs) between decoding the request and encoding the answer."""
 
     def __init__(self, imuge):
-        from imuge_tf.inference import FLAG_PROBABILITY, MIN_SIDE, MORPHOLOGY_KERNEL, VERDICTS
+        from imuge_tf.inference import MIN_SIDE
         from imuge_tf.io import DEFAULT_MAX_PIXELS
+        from imuge_tf.pipeline import MARK_THRESHOLDS, VERDICTS
 
-        self.verifier = imuge.verifier
-        self.decoder = imuge.decoder
-        self.size = int(imuge.image_size)
-        self.prefill = bool(imuge.decoder_prefill)
-        self.thumbnail_step = float(imuge.thumbnail_step)
-        self.thumbnail_block = int(imuge.thumbnail_block)
-        self.intact_max = float(imuge.thresholds["intact_max_fraction"])
-        self.not_immunized_min = float(imuge.thresholds["not_immunized_min_fraction"])
-        self.flag = float(FLAG_PROBABILITY)
+        self.pipeline = imuge.pipeline
+        self.thresholds = (
+            (float(imuge.thresholds["intact_max_fraction"]),
+             float(imuge.thresholds["not_immunized_min_fraction"])),
+            (float(MARK_THRESHOLDS["intact_max_fraction"]),
+             float(MARK_THRESHOLDS["not_immunized_min_fraction"])))
         self.min_side = int(MIN_SIDE)
         self.max_pixels = int(DEFAULT_MAX_PIXELS)
-        self.kernel = int(MORPHOLOGY_KERNEL)
         self.verdicts = tuple(VERDICTS)
 
     # -- pieces
@@ -476,7 +446,7 @@ class _ServingGraph:
             data = tf.identity(data)
         # tf.io.decode_image decodes JPEG with libjpeg's fast integer IDCT, which is up to 6
         # levels away from Pillow's (and so from a local `imuge verify`): enough to disturb
-        # a residual of a few levels. The accurate IDCT gives Pillow's pixels exactly.
+        # the block mark. The accurate IDCT gives Pillow's pixels exactly.
         image = tf.cond(
             tf.io.is_jpeg(data),
             lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
@@ -490,106 +460,31 @@ class _ServingGraph:
         with tf.control_dependencies([check]):
             return tf.identity(image)
 
-    def _working(self, image):
-        """uint8 H x W x 3 -> float S x S x 3, as Imuge._working."""
+    def _one(self, levels):
+        """[1, H, W, 3] levels -> the analysis and the recovered photo (levels)."""
         import tensorflow as tf
 
-        x = tf.cast(image[None], tf.float32) / 255.0
-        return tf.image.resize(x, (self.size, self.size), method="bilinear", antialias=True)[0]
+        found = self.pipeline.analyse(levels)
+        mask = tf.cast(found["mask"], tf.float32)[None, :, :, None]
+        tampered = tf.equal(found["verdict"], 1)
+        # Only a tampered photo is changed, and only inside the grown mask (Imuge.recover).
+        recovered = tf.cond(
+            tampered, lambda: self.pipeline.recover(levels, self.pipeline.recovery_mask(mask)),
+            lambda: levels)
+        thresholds = tf.gather(tf.constant(self.thresholds, tf.float32), found["evidence"])
+        return found, recovered, thresholds
 
-    def _decide(self, probability):
-        """One S x S x 1 probability map -> (verdict index, threshold, refined S x S mask,
-        flagged fraction), as Imuge.verify decides at the working size."""
+    def _common_outputs(self, found, thresholds):
         import tensorflow as tf
 
-        p = tf.cast(probability[:, :, 0], tf.float64)
-        total = tf.cast(tf.size(p), tf.float64)
-        flagged = tf.reduce_sum(tf.cast(p > self.flag, tf.float64)) / total
-        otsu = tf.clip_by_value(otsu_threshold_tf(p), 0.2, 0.8)
-        refined = opening_tf(tf.cast(p > otsu, tf.float32)[None, :, :, None], self.kernel)
-        refined = refined[0, :, :, 0] > 0.5
-        not_immunized = flagged >= self.not_immunized_min
-        intact = flagged < self.intact_max
-        found = tf.reduce_any(refined)
-        verdict = tf.where(not_immunized, 2, tf.where(intact, 0, tf.where(found, 1, 0)))
-        threshold = tf.where(not_immunized | intact, tf.constant(self.flag, tf.float64), otsu)
-        mask = tf.where(not_immunized, tf.ones_like(refined),
-                        tf.where(intact, tf.zeros_like(refined), refined))
-        return tf.cast(verdict, tf.int32), threshold, mask, flagged
-
-    def _full_mask(self, mask_small, height, width):
-        """The working-size mask at the received size, as Imuge.verify resizes it."""
-        import tensorflow as tf
-
-        scaled = tf.image.resize(tf.cast(mask_small, tf.float32)[None, :, :, None],
-                                 tf.stack([height, width]), method="bilinear", antialias=False)
-        return scaled[0, :, :, 0] >= 0.5
-
-    def _decoder_mask(self, full_mask):
-        """The decoder's working-size mask, as Imuge.recover_with_mask makes it."""
-        import tensorflow as tf
-
-        small = tf.image.resize(tf.cast(full_mask, tf.float32)[None, :, :, None],
-                                (self.size, self.size), method="bilinear", antialias=True)
-        return tf.cast(small[0] > 0.05, tf.float32)
-
-    def _recover_small(self, small, masks):
-        """The decoder on working-size images and masks (batched), as Imuge.recover_with_mask."""
-        from imuge_tf.models.imuge import recover_working_size
-
-        return recover_working_size(self.decoder, small, masks, prefill=self.prefill,
-                                    thumbnail_step=self.thumbnail_step,
-                                    thumbnail_block=self.thumbnail_block)
-
-    # -- the analysis shared by both signatures
-    def _analyse(self, small, sizes):
-        import tensorflow as tf
-
-        probability = self.verifier(small, training=False)
-        verdict, threshold, mask_small, flagged = tf.map_fn(
-            self._decide, probability,
-            fn_output_signature=(tf.int32, tf.float64,
-                                 tf.TensorSpec([self.size, self.size], tf.bool), tf.float64))
-
-        def full_size(args):
-            mask, size = args
-            full = self._full_mask(mask, size[0], size[1])
-            fraction = tf.reduce_mean(tf.cast(full, tf.float64))
-            redrawn = self._recovery_mask(full)
-            return fraction, self._decoder_mask(redrawn)
-
-        fraction, decoder_masks = tf.map_fn(
-            full_size, (mask_small, sizes),
-            fn_output_signature=(tf.float64,
-                                 tf.TensorSpec([self.size, self.size, 1], tf.float32)))
-        recovered = self._recover_small(small, decoder_masks)
-        return {"probability": probability, "verdict": verdict, "threshold": threshold,
-                "mask_small": mask_small, "flagged": flagged, "fraction": fraction,
-                "recovered_small": recovered}
-
-    def _recovery_mask(self, full_mask):
-        """The area recovery redraws, as Imuge.recovery_mask grows it."""
-        import tensorflow as tf
-
-        from imuge_tf.inference import RECOVERY_MARGIN, grow_mask
-
-        grown = grow_mask(self._decoder_mask(full_mask)[None], RECOVERY_MARGIN)
-        size = tf.shape(full_mask)
-        around = tf.image.resize(grown, size, method="bilinear", antialias=False)
-        return tf.logical_or(full_mask, around[0, :, :, 0] >= 0.5)
-
-    def _common_outputs(self, analysis):
-        import tensorflow as tf
-
-        count = tf.shape(analysis["verdict"])[0]
         return {
-            "verdict": tf.gather(tf.constant(self.verdicts), analysis["verdict"]),
-            "tampered_fraction": tf.cast(analysis["fraction"], tf.float32),
-            "flagged_fraction": tf.cast(analysis["flagged"], tf.float32),
-            "threshold": tf.cast(analysis["threshold"], tf.float32),
-            "intact_max_fraction": tf.fill([count], tf.constant(self.intact_max, tf.float32)),
-            "not_immunized_min_fraction": tf.fill(
-                [count], tf.constant(self.not_immunized_min, tf.float32)),
+            "verdict": tf.gather(tf.constant(self.verdicts), found["verdict"]),
+            "evidence": tf.gather(tf.constant(["verifier", "block_mark"]), found["evidence"]),
+            "tampered_fraction": tf.reduce_mean(tf.cast(found["mask"], tf.float32)),
+            "flagged_fraction": tf.cast(found["flagged_fraction"], tf.float32),
+            "threshold": tf.cast(found["threshold"], tf.float32),
+            "intact_max_fraction": thresholds[0],
+            "not_immunized_min_fraction": thresholds[1],
         }
 
     # -- the signatures
@@ -597,54 +492,44 @@ class _ServingGraph:
         """Encoded images [N] (string) -> verdicts, fractions and PNGs at the received sizes."""
         import tensorflow as tf
 
-        def working(data):
+        def one(data):
             image = self._decode(data)
-            return self._working(image), tf.shape(image)[:2]
+            found, recovered, thresholds = self._one(tf.cast(image, tf.float32)[None])
+            outputs = self._common_outputs(found, thresholds)
+            outputs["height"], outputs["width"] = tf.shape(image)[0], tf.shape(image)[1]
+            outputs["mask_png_bytes"] = tf.io.encode_png(
+                tf.cast(found["mask"], tf.uint8)[:, :, None] * 255)
+            outputs["recovered_png_bytes"] = tf.io.encode_png(tf.cast(recovered[0], tf.uint8))
+            return outputs
 
-        small, sizes = tf.map_fn(
-            working, images,
-            fn_output_signature=(tf.TensorSpec([self.size, self.size, 3], tf.float32),
-                                 tf.TensorSpec([2], tf.int32)))
-        analysis = self._analyse(small, sizes)
-
-        def pngs(args):
-            data, mask_small, recovered_small, verdict = args
-            image = self._decode(data)
-            height, width = tf.shape(image)[0], tf.shape(image)[1]
-            full = self._full_mask(mask_small, height, width)
-            mask_png = tf.io.encode_png(tf.cast(full, tf.uint8)[:, :, None] * 255)
-            recovered = tf.image.resize(recovered_small[None], tf.stack([height, width]),
-                                        method="bilinear", antialias=False)[0]
-            recovered = tf.cast(tf.round(tf.clip_by_value(recovered, 0.0, 1.0) * 255.0),
-                                tf.uint8)
-            # Only a tampered photo is changed, and only inside the grown mask (Imuge.recover).
-            replace = tf.logical_and(self._recovery_mask(full), tf.equal(verdict, 1))[:, :, None]
-            recovered_png = tf.io.encode_png(tf.where(replace, recovered, image))
-            return mask_png, recovered_png
-
-        mask_png, recovered_png = tf.map_fn(
-            pngs, (images, analysis["mask_small"], analysis["recovered_small"],
-                   analysis["verdict"]),
-            fn_output_signature=(tf.string, tf.string))
-        return {**self._common_outputs(analysis),
-                "height": sizes[:, 0], "width": sizes[:, 1],
-                "mask_png_bytes": mask_png, "recovered_png_bytes": recovered_png}
+        signature = {"verdict": tf.string, "evidence": tf.string,
+                     "tampered_fraction": tf.float32, "flagged_fraction": tf.float32,
+                     "threshold": tf.float32, "intact_max_fraction": tf.float32,
+                     "not_immunized_min_fraction": tf.float32, "height": tf.int32,
+                     "width": tf.int32, "mask_png_bytes": tf.string,
+                     "recovered_png_bytes": tf.string}
+        return tf.map_fn(one, images, fn_output_signature=signature)
 
     def verify_tensor(self, images):
-        """Float images [N, S, S, 3] in [0, 1] -> probability, mask, verdict and recovered."""
+        """Float images [N, H, W, 3] in [0, 1] -> probability, mask, verdict and recovered."""
         import tensorflow as tf
 
-        count = tf.shape(images)[0]
-        sizes = tf.tile(tf.constant([[self.size, self.size]], tf.int32), [count, 1])
-        analysis = self._analyse(images, sizes)
-        tampered = tf.equal(analysis["verdict"], 1)[:, None, None, None]
-        redrawn = tf.map_fn(self._recovery_mask, analysis["mask_small"])
-        replace = tf.logical_and(redrawn[:, :, :, None], tampered)
-        recovered = tf.where(replace, analysis["recovered_small"], images)
-        return {**self._common_outputs(analysis),
-                "probability": analysis["probability"],
-                "mask": tf.cast(analysis["mask_small"], tf.float32)[:, :, :, None],
-                "recovered": recovered}
+        def one(image):
+            levels = tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0)[None]
+            found, recovered, thresholds = self._one(levels)
+            outputs = self._common_outputs(found, thresholds)
+            outputs["probability"] = found["probability"][:, :, None]
+            outputs["mask"] = tf.cast(found["mask"], tf.float32)[:, :, None]
+            outputs["recovered"] = recovered[0] / 255.0
+            return outputs
+
+        shape = tf.TensorSpec([None, None, None], tf.float32)
+        signature = {"verdict": tf.string, "evidence": tf.string,
+                     "tampered_fraction": tf.float32, "flagged_fraction": tf.float32,
+                     "threshold": tf.float32, "intact_max_fraction": tf.float32,
+                     "not_immunized_min_fraction": tf.float32, "probability": shape,
+                     "mask": shape, "recovered": shape}
+        return tf.map_fn(one, images, fn_output_signature=signature)
 
 
 def save_serving_model(imuge, version_dir: str) -> str:
@@ -656,12 +541,11 @@ def save_serving_model(imuge, version_dir: str) -> str:
     archive = keras.export.ExportArchive()
     archive.track(imuge.verifier)
     archive.track(imuge.decoder)
-    size = graph.size
     archive.add_endpoint("serving_default", graph.serve_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.add_endpoint(
         "verify_tensor", graph.verify_tensor,
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
     archive.write_out(version_dir, verbose=False)
     return version_dir
 
@@ -688,7 +572,7 @@ def write_warmup_requests(version_dir: str, image_size: int) -> str:
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     png = warmup_image(image_size)
-    working = np.full((1, image_size, image_size, 3), 0.5, np.float32)
+    working = np.full((1, image_size, image_size + image_size // 2, 3), 0.5, np.float32)
     requests = [
         ("serving_default", np.array([png], dtype=object)),
         ("serving_default", np.array([png, png], dtype=object)),
@@ -767,16 +651,16 @@ def check_out_dir(out_dir: str, force: bool) -> None:
 
 
 def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
-                 check_photos=None, progress=None) -> dict:
+                 camera_size=None, check_photos=None, progress=None) -> dict:
     """Writes every export of `imuge` under `out_dir` (see the module docstring).
 
-    The TFLite variants are checked against the Keras encoder on `check_photos` (default: the
-    photos bundled with scikit-image): their residuals (8-bit levels) and, end to end, the
-    localization F1 and recovery PSNR when the Keras verifier and decoder process photos
-    immunized by them. A variant that fails is not written (fp32 failing is an ExportError);
-    the manifest and the returned dict say what was written and why something was not.
-    The export is built in a temporary folder next to `out_dir` and moved into place at the
-    end, so `out_dir` never holds half an export.
+    The working-scale encoder's TFLite variants are checked against the Keras encoder on
+    `check_photos` (default: the photos bundled with scikit-image); a variant whose residual
+    error fails its gate is not written (fp32 failing is an ExportError). With `camera_size`
+    (width, height) the camera model, the whole immunization in one graph, is written too and
+    its output checked against `Imuge.immunize` on the same photos (within CAMERA_MAX_LEVELS,
+    or an ExportError). The export is built in a temporary folder next to `out_dir` and moved
+    into place at the end, so `out_dir` never holds half an export.
     """
     from imuge_tf.samples import sample_photos
 
@@ -790,13 +674,14 @@ def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
         size = imuge.image_size
         photos = list(check_photos) if check_photos is not None else sample_photos()
         manifest = {
-            "format_version": 1,
+            "format_version": 2,
             "source": imuge.source,
             "image_size": size,
             "step": imuge.metadata.get("step"),
             "created": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "verdict_thresholds": dict(imuge.thresholds),
             "decoder_prefill": imuge.decoder_prefill,
+            "residual_gain": imuge.residual_gain,
             "hidden_thumbnail": {"step": imuge.thumbnail_step, "block": imuge.thumbnail_block},
             "encoder": {"input": {"name": "image", "shape": [1, size, size, 3],
                                   "dtype": "float32", "range": [0.0, 1.0]},
@@ -813,11 +698,6 @@ def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
         saved = save_encoder(imuge.encoder, size, os.path.join(encoder_dir, "saved_model"))
         calibration = representative_images(size, photos=photos)
         checks = calibration[:len(photos)]
-        cases = parity_cases(size, photos)
-        say("parity: the Keras path")
-        reference = end_to_end(imuge, imuge.encoder, cases)
-        manifest["encoder"]["keras_reference"] = {
-            key: reference[key] for key in ("f1", "psnr", "l_psnr")}
         variants = ENCODER_VARIANTS if int8 else REQUIRED_VARIANTS
         for variant in variants:
             say(f"encoder: TFLite {variant}")
@@ -833,28 +713,43 @@ def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
                     raise
                 manifest["encoder"]["withheld"][variant] = {"reason": str(error)}
                 continue
-            runner = TFLiteEncoder(model)
-            error = residual_error(imuge.encoder, runner, checks)
+            error = residual_error(imuge.encoder, TFLiteEncoder(model), checks)
             ok, reason = residual_gate(variant, error, hidden_thumbnail=imuge.thumbnail_step > 0)
-            parity = compare_end_to_end(reference, end_to_end(imuge, runner, cases))
-            if ok and not parity["holds"]:
-                ok, reason = False, (f"end-to-end parity fails: F1 {parity['f1_delta']:+.4f}, "
-                                     f"PSNR {parity['psnr_delta_db']:+.3f} dB, verdicts "
-                                     f"{parity['verdict_agreement']:.0%} the same (tolerances "
-                                     f"{F1_TOLERANCE} / {PSNR_TOLERANCE_DB} dB / all)")
-            record = {"residual_error": error,
-                      **{k: v for k, v in parity.items() if k != "holds"}}
             if not ok:
                 if variant == "fp32":
                     raise ExportError(f"TFLite fp32 encoder does not match Keras: {reason}")
-                manifest["encoder"]["withheld"][variant] = {"reason": reason, **record}
+                manifest["encoder"]["withheld"][variant] = {"reason": reason,
+                                                            "residual_error": error}
                 continue
-            ops = tflite_ops(model)
             filename = f"encoder_{variant}.tflite"
             with open(os.path.join(encoder_dir, filename), "wb") as handle:
                 handle.write(model)
             manifest["encoder"]["tflite"][variant] = {
-                "file": f"encoder/{filename}", "bytes": len(model), "ops": ops, **record}
+                "file": f"encoder/{filename}", "bytes": len(model), "ops": tflite_ops(model),
+                "residual_error": error}
+
+        if camera_size is not None:
+            width, height = camera_size
+            say(f"camera: the whole immunization at {width}x{height}")
+            camera_dir = os.path.join(work, "camera")
+            saved_camera = save_camera_model(imuge, width, height,
+                                             os.path.join(camera_dir, "saved_model"))
+            model = convert_saved_model(saved_camera, "fp32")
+            parity = camera_parity(imuge, TFLiteCamera(model), photos)
+            if not parity.pop("holds"):
+                raise ExportError(
+                    f"the camera model's immunized photos are within {CAMERA_MAX_LEVELS} level "
+                    f"of Imuge.immunize on only {parity['within_one_level_share']:.3%} of the "
+                    f"pixels (at least {CAMERA_MIN_SHARE:.1%} needed)")
+            filename = f"camera_{width}x{height}.tflite"
+            with open(os.path.join(camera_dir, filename), "wb") as handle:
+                handle.write(model)
+            manifest["camera"] = {
+                "file": f"camera/{filename}", "saved_model": "camera/saved_model",
+                "bytes": len(model), "ops": tflite_ops(model), "parity": parity,
+                "input": {"name": "photo", "shape": [1, height, width, 3], "dtype": "uint8"},
+                "output": {"name": "immunized", "shape": [1, height, width, 3],
+                           "dtype": "uint8"}}
 
         say("serving: verifier + decoder SavedModel")
         serving_dir = os.path.join(work, "serving")

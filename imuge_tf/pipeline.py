@@ -170,7 +170,7 @@ class InferencePipeline:
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         residual = self.encoder(self.working(levels), training=False)
         residual = full_view(residual, height, width) * (255.0 * self.residual_gain)
-        return self.mark.embed(levels + residual)
+        return self.mark.embed(levels, residual)
 
     # ----------------------------------------------------------------------------- analyse
     def mark_probability(self, levels):

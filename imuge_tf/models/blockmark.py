@@ -125,17 +125,25 @@ class BlockMark:
         return keras.ops.matmul(_blocks(plane, rows, columns),
                                 keras.ops.convert_to_tensor(self.basis))
 
-    def embed(self, levels):
-        """[B, H, W, 3] float 8-bit levels -> the same with the mark, rounded to 8 bits.
+    def embed(self, levels, addition=None):
+        """[B, H, W, 3] float 8-bit levels (+ `addition`, e.g. the encoder's residual in
+        levels) -> the same with the mark, rounded to 8 bits.
 
         Pixels are first kept HEADROOM levels inside [0, 255]; the change is added equally to
-        R, G and B. Blocks cut by the right or bottom edge are left unmarked.
+        R, G and B. Blocks cut by the right or bottom edge are left unmarked. Which lattice
+        point a coefficient moves to is decided on `levels` alone: whole levels, which every
+        runtime transforms alike, so a camera's float arithmetic (a network's residual a
+        thousandth of a level off) cannot send a block to a neighbouring lattice point.
         """
         height, width, rows, columns = _grid(levels)
-        base = keras.ops.clip(levels, HEADROOM, 255.0 - HEADROOM)
-        coefficients = self._coefficients(luminance(base), rows, columns)
+        photo = keras.ops.clip(levels, HEADROOM, 255.0 - HEADROOM)
+        base = photo if addition is None else keras.ops.clip(
+            levels + addition, HEADROOM, 255.0 - HEADROOM)
         offsets = _offsets(self.tile, rows, columns)
-        target = self.step * keras.ops.round((coefficients - offsets) / self.step) + offsets
+        index = keras.ops.round(
+            (self._coefficients(luminance(photo), rows, columns) - offsets) / self.step)
+        target = self.step * index + offsets
+        coefficients = self._coefficients(luminance(base), rows, columns)
         change = keras.ops.matmul(target - coefficients,
                                   keras.ops.convert_to_tensor(self.basis.T))
         change = _unblocks(change, rows, columns, height, width)
