@@ -52,9 +52,12 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MIN_SIZE = 32
 
+# zlib level of written PNGs: level 1 writes a 12 MP photo several times faster than the
+# default 6 for a slightly larger file (BENCHMARKS.md, "native resolution", has both).
+PNG_COMPRESS_LEVEL = 1
 # Suffix -> (Pillow format, save options). TIFF is deflate-compressed, which is lossless.
 LOSSLESS_FORMATS = {
-    ".png": ("PNG", {}),
+    ".png": ("PNG", {"compress_level": PNG_COMPRESS_LEVEL}),
     ".bmp": ("BMP", {}),
     ".tif": ("TIFF", {"compression": "tiff_adobe_deflate"}),
     ".tiff": ("TIFF", {"compression": "tiff_adobe_deflate"}),

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from imuge_tf import cli
-from imuge_tf.inference import RECOVERY_MARGIN
+from imuge_tf.pipeline import RECOVERY_MARGIN
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 SIZE = 64  # photos on disk

@@ -1,0 +1,286 @@
+"""The shipped model at the photo's own resolution, through the public API, with real codecs.
+
+For each photo of a folder (default: ../shared/data/photos_native, none of which the shipped
+model was trained on), at its native size:
+
+- fidelity: PSNR(I, I_M) over the whole photo and over its flat areas (pixels whose 7 x 7
+  luminance standard deviation is below 1.5 levels), and the residual's block-grid energy;
+- detection: 10 % object-shaped tampers (paste from another photo, removal filled by OpenCV
+  Telea, clone of a shifted part of the same photo), without attack and after Pillow JPEG 90;
+  pixel F1 of `Imuge.verify`'s mask and its verdicts;
+- verdicts of the untouched immunized photo (as saved, JPEG 90, JPEG 75) and of the
+  never-immunized photo (as it is, JPEG 90);
+- recovery L-PSNR inside the tamper (verifier's own mask, `Imuge.recover`) next to Telea on
+  the true mask.
+
+Then the 12 MP timings (medians of --repeats runs): `Imuge.immunize` plus writing the PNG at
+zlib level 1 and 6 (sizes too), `verify` + `recover`, and the camera TFLite model
+(`imuge export --camera-size 4000x3000`), with its parity against `Imuge.immunize`.
+Writes the `native_quality` section of BENCHMARKS.md and a JSON file of every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (quietens TensorFlow before it is imported)
+import numpy as np  # noqa: E402
+
+DEFAULT_DATA = os.path.join(common.REPO_ROOT, "..", "shared", "data", "photos_native")
+TAMPERS = ("paste", "removal", "clone")
+
+
+def jpeg(image, quality):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+
+
+def flat_area(image):
+    import scipy.ndimage as ndimage
+
+    luminance = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    mean = ndimage.uniform_filter(luminance, 7)
+    variance = ndimage.uniform_filter(luminance**2, 7) - mean**2
+    return np.sqrt(np.maximum(variance, 0.0)) < 1.5
+
+
+def psnr(a, b, where=None):
+    error = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    if where is not None:
+        error = error[where]
+    return float(10 * np.log10(255.0**2 / max(error.mean(), 1e-12)))
+
+
+def f1(predicted, truth):
+    both = np.logical_and(predicted, truth).sum()
+    return float(2 * both / max(predicted.sum() + truth.sum(), 1))
+
+
+def object_mask(height, width, rng, share=0.10):
+    """A rotated ellipse of about `share` of the photo, wholly inside it."""
+    ratio = rng.uniform(0.6, 1.6)
+    area = share * height * width
+    semi_a = np.sqrt(area / np.pi * ratio)
+    semi_b = area / np.pi / semi_a
+    angle = rng.uniform(0, np.pi)
+    reach = max(semi_a, semi_b)
+    cy = rng.uniform(reach, height - reach) if height > 2 * reach else height / 2
+    cx = rng.uniform(reach, width - reach) if width > 2 * reach else width / 2
+    yy, xx = np.mgrid[:height, :width]
+    u = (xx - cx) * np.cos(angle) + (yy - cy) * np.sin(angle)
+    v = -(xx - cx) * np.sin(angle) + (yy - cy) * np.cos(angle)
+    return (u / semi_a) ** 2 + (v / semi_b) ** 2 <= 1.0
+
+
+def tamper(kind, immunized, donor, mask, rng):
+    import cv2
+
+    if kind == "paste":
+        return np.where(mask[:, :, None], donor, immunized)
+    if kind == "removal":
+        return cv2.inpaint(immunized, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    height, width = mask.shape
+    dy, dx = int(rng.integers(height // 5, height // 3)), int(rng.integers(width // 5, width // 3))
+    shifted = np.roll(immunized, (dy, dx), axis=(0, 1))
+    return np.where(mask[:, :, None], shifted, immunized)
+
+
+def telea(image, mask):
+    import cv2
+
+    return cv2.inpaint(image, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+
+
+def block_grid_energy(original, immunized, period):
+    """Mean |horizontal step| of the residual across the lines of a `period`-px grid, over the
+    same elsewhere: 1 when the residual has no edges on that grid, large for a mosaic."""
+    residual = immunized.astype(np.float64).mean(axis=2) - original.astype(np.float64).mean(2)
+    steps = np.abs(np.diff(residual, axis=1))
+    on_grid = np.zeros(steps.shape[1], bool)
+    on_grid[period - 1::period] = True
+    return float(steps[:, on_grid].mean() / max(steps[:, ~on_grid].mean(), 1e-9))
+
+
+def evaluate_photo(imuge, name, photo, donor, seed):
+    rng = np.random.default_rng(seed)
+    height, width = photo.shape[:2]
+    record = {"photo": name, "width": width, "height": height}
+    immunized = imuge.immunize(photo)
+    flat = flat_area(photo)
+    record.update(psnr=psnr(photo, immunized), psnr_flat=psnr(photo, immunized, flat),
+                  flat_share=float(flat.mean()),
+                  grid_ratio_cells=block_grid_energy(photo, immunized, max(2, width // 64)))
+    for label, received in (("untouched", immunized), ("untouched_jpeg90", jpeg(immunized, 90)),
+                            ("untouched_jpeg75", jpeg(immunized, 75)), ("never", photo),
+                            ("never_jpeg90", jpeg(photo, 90))):
+        record[f"verdict_{label}"] = imuge.verify(received).verdict
+    for kind in TAMPERS:
+        mask = object_mask(height, width, rng)
+        tampered = tamper(kind, immunized, donor, mask, rng)
+        for attack, received in (("none", tampered), ("jpeg90", jpeg(tampered, 90))):
+            result = imuge.verify(received)
+            record[f"f1_{kind}_{attack}"] = f1(result.mask, mask)
+            record[f"verdict_{kind}_{attack}"] = result.verdict
+            recovered = imuge.recover(received, result)
+            record[f"lpsnr_{kind}_{attack}"] = psnr(photo, recovered, mask)
+            record[f"telea_{kind}_{attack}"] = psnr(photo, telea(received, mask), mask)
+    return record
+
+
+def timings(imuge, photo, repeats, camera_size=(4000, 3000)):
+    from PIL import Image
+
+    from imuge_tf import export as ex
+    from imuge_tf.io import write_image
+
+    width, height = camera_size
+    big = ex.cover(photo, width, height)
+    out = {"size": f"{width}x{height}"}
+    immunized = imuge.immunize(big)  # warm-up: traces the graph for this size
+    folder = tempfile.mkdtemp()
+    runs = {"immunize": [], "png1": [], "png6": []}
+    sizes = {}
+    for index in range(repeats):
+        start = time.perf_counter()
+        immunized = imuge.immunize(big)
+        runs["immunize"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        write_image(os.path.join(folder, f"level1-{index}.png"), immunized)
+        runs["png1"].append(time.perf_counter() - start)
+        sizes["png1"] = os.path.getsize(os.path.join(folder, f"level1-{index}.png"))
+        start = time.perf_counter()
+        Image.fromarray(immunized).save(os.path.join(folder, "level6.png"), compress_level=6)
+        runs["png6"].append(time.perf_counter() - start)
+        sizes["png6"] = os.path.getsize(os.path.join(folder, "level6.png"))
+    rng = np.random.default_rng(0)
+    mask = object_mask(height, width, rng)
+    tampered = np.where(mask[:, :, None], 255 - immunized, immunized)
+    imuge.recover(tampered, imuge.verify(tampered))  # warm-up
+    runs["verify_recover"] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        imuge.recover(tampered, imuge.verify(tampered))
+        runs["verify_recover"].append(time.perf_counter() - start)
+    common.log("camera model: export and convert")
+    saved = ex.save_camera_model(imuge, width, height, os.path.join(folder, "camera"))
+    model = ex.convert_saved_model(saved, "fp32")
+    camera = ex.TFLiteCamera(model)
+    camera(big)
+    runs["camera_tflite"] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        camera(big)
+        runs["camera_tflite"].append(time.perf_counter() - start)
+    out["camera_parity"] = ex.camera_parity(imuge, camera, [photo])
+    out["camera_bytes"] = len(model)
+    for key, values in runs.items():
+        out[key] = common.spread(values)
+    out["png1_bytes"], out["png6_bytes"] = sizes["png1"], sizes["png6"]
+    return out
+
+
+def render(records, timing, data):
+    mean = lambda key: float(np.mean([r[key] for r in records]))  # noqa: E731
+    lines = [f"Shipped model, {len(records)} photos of `{os.path.relpath(data, common.REPO_ROOT)}` "
+             "at their native size (1.3-4.9 MP; none used in training), public API "
+             "(`Imuge.immunize` / `verify` / `recover`), Pillow JPEG. "
+             f"Measured {common.utc_now()} with `{common.command_line()}`.", ""]
+    rows = [[r["photo"], f"{r['width']}x{r['height']}", f"{r['psnr']:.2f}",
+             f"{r['psnr_flat']:.2f}", f"{r['flat_share']:.0%}", f"{r['grid_ratio_cells']:.2f}"]
+            + [f"{r[f'f1_{k}_{a}']:.3f}" for k in TAMPERS for a in ("none", "jpeg90")]
+            for r in records]
+    rows.append(["mean", "", f"{mean('psnr'):.2f}", f"{mean('psnr_flat'):.2f}", "",
+                 f"{mean('grid_ratio_cells'):.2f}"]
+                + [f"{mean(f'f1_{k}_{a}'):.3f}" for k in TAMPERS for a in ("none", "jpeg90")])
+    lines.append(common.markdown_table(
+        ["photo", "size", "PSNR dB", "flat PSNR dB", "flat share", "grid ratio"]
+        + [f"F1 {k} {a}" for k in TAMPERS for a in ("none", "JPEG 90")], rows))
+    lines += ["", "Grid ratio: the residual's mean step across the lines of the old cell grid "
+              "(width / 64 px) over its mean step elsewhere; 1 means no cell pattern.", ""]
+    verdict_keys = ["untouched", "untouched_jpeg90", "untouched_jpeg75", "never", "never_jpeg90"]
+    verdict_keys += [f"{k}_{a}" for k in TAMPERS for a in ("none", "jpeg90")]
+    rows = []
+    for key in verdict_keys:
+        counts = {}
+        for r in records:
+            counts[r[f"verdict_{key}"]] = counts.get(r[f"verdict_{key}"], 0) + 1
+        text = ", ".join(f"{verdict} {count}" for verdict, count in sorted(counts.items()))
+        rows.append([key.replace("_", " "), text])
+    lines.append(common.markdown_table(["case", "verdicts"], rows))
+    lines.append("")
+    rows = [[f"{k} {a}", f"{mean(f'lpsnr_{k}_{a}'):.2f}", f"{mean(f'telea_{k}_{a}'):.2f}"]
+            for k in TAMPERS for a in ("none", "jpeg90")]
+    lines.append(common.markdown_table(
+        ["tamper", "L-PSNR recover (own mask) dB", "L-PSNR Telea (true mask) dB"], rows))
+    lines += ["", f"Timings at {timing['size']} (12 MP), {timing['immunize'].count} runs, "
+              "medians:", ""]
+    rows = [
+        ["`Imuge.immunize`", timing["immunize"].describe(2, "s")],
+        ["write PNG, zlib 1 (the CLI's)", f"{timing['png1'].describe(2, 's')}, "
+                                          f"{timing['png1_bytes'] / 1e6:.1f} MB"],
+        ["write PNG, zlib 6", f"{timing['png6'].describe(2, 's')}, "
+                              f"{timing['png6_bytes'] / 1e6:.1f} MB"],
+        ["`verify` + `recover` (tampered)", timing["verify_recover"].describe(2, "s")],
+        ["camera TFLite fp32 (whole immunization)", timing["camera_tflite"].describe(2, "s")],
+        ["camera model size", f"{timing['camera_bytes'] / 1e6:.1f} MB"],
+        ["camera parity vs `Imuge.immunize`",
+         f"{timing['camera_parity']['within_one_level_share']:.4%} of pixels within 1 level, "
+         f"max {timing['camera_parity']['max_levels']} levels"],
+    ]
+    lines.append(common.markdown_table(["what", "figure"], rows))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA, help="folder of photos")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=os.path.join(common.REPO_ROOT, "benchmarks",
+                                                       "results", "native_quality.json"))
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = parser.parse_args(argv)
+
+    from imuge_tf import Imuge
+    from imuge_tf.io import read_image
+
+    files = sorted(glob.glob(os.path.join(args.data, "*.jp*g")) + glob.glob(
+        os.path.join(args.data, "*.png")))[: args.limit]
+    if not files:
+        parser.error(f"no photos in {args.data}")
+    imuge = Imuge.from_pretrained()
+    photos = [read_image(path) for path in files]
+    records = []
+    for index, (path, photo) in enumerate(zip(files, photos)):
+        common.log(f"photo {index + 1}/{len(files)}: {os.path.basename(path)}")
+        donor = photos[(index + 1) % len(photos)]
+        from PIL import Image
+
+        donor = np.asarray(Image.fromarray(donor).resize(photo.shape[1::-1]))
+        records.append(evaluate_photo(imuge, os.path.basename(path), photo, donor, index))
+    common.log("12 MP timings")
+    timing = timings(imuge, photos[0], args.repeats)
+    body = render(records, timing, args.data)
+    print(body)
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w") as handle:
+        json.dump({"records": records, "timings": {
+            k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in timing.items()}},
+            handle, indent=2, default=str)
+    if not args.no_write:
+        common.update_section("native_quality", body)
+
+
+if __name__ == "__main__":
+    main()
