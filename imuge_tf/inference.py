@@ -148,6 +148,7 @@ class Imuge:
         self.decoder_prefill = bool(decoder_prefill)
         self.thumbnail_step = float(thumbnail_step)
         self.thumbnail_block = int(thumbnail_block)
+        self._graphs = None
         self.thresholds = {**DEFAULT_THRESHOLDS, **(thresholds or {})}
         self.metadata = dict(metadata or {})
         self.source = source
@@ -156,6 +157,16 @@ class Imuge:
             residual_gain = settings.get("residual_gain", DEFAULT_RESIDUAL_GAIN)
         self.residual_gain = float(residual_gain)
         self.key = key
+        self._graphs = None
+
+    @property
+    def thresholds(self) -> dict:
+        """The learned verifier's verdict thresholds (setting them rebuilds the graphs)."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, value):
+        self._thresholds = dict(value)
         self._graphs = None
 
     # ----------------------------------------------------------------------------- loading
