@@ -142,10 +142,10 @@ def timings(imuge, photo, repeats, camera_size=(4000, 3000)):
     from PIL import Image
 
     from imuge_tf import export as ex
-    from imuge_tf.io import write_image
+    from imuge_tf.io import cover, write_image
 
     width, height = camera_size
-    big = ex.cover(photo, width, height)
+    big = cover(photo, height, width)
     out = {"size": f"{width}x{height}"}
     immunized = imuge.immunize(big)  # warm-up: traces the graph for this size
     folder = tempfile.mkdtemp()

@@ -26,6 +26,7 @@ import numpy as np
 
 from imuge_tf import scoring
 from imuge_tf.evaluation import panel_images, save_panels, telea_inpaint
+from imuge_tf.io import cover
 
 __all__ = ["DEMO_DONOR", "DEMO_JPEG_QUALITY", "DEMO_PHOTO", "format_demo", "run_demo"]
 
@@ -35,17 +36,6 @@ DEMO_JPEG_QUALITY = 90
 # The ellipse: centre and semi-axes as fractions of height / width, rotation in degrees. It
 # covers the astronaut's helmet and arm, about 11 % of the photo.
 _ELLIPSE = (0.62, 0.55, 0.20, 0.17, 25.0)
-
-
-def _cover(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """`image` scaled (Lanczos) to cover height x width, then centre-cropped to it."""
-    from PIL import Image
-
-    scale = max(height / image.shape[0], width / image.shape[1])
-    size = (max(width, round(image.shape[1] * scale)), max(height, round(image.shape[0] * scale)))
-    resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
-    top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
-    return np.ascontiguousarray(resized[top:top + height, left:left + width])
 
 
 def _ellipse_mask(height: int, width: int) -> np.ndarray:
@@ -106,8 +96,8 @@ def run_demo(imuge, out_dir, *, progress=True) -> dict:
         steps.set_postfix_str(label)
         steps.update(1)
 
-    original = _cover(sample_photo(DEMO_PHOTO), height, width)
-    donor = _cover(sample_photo(DEMO_DONOR), height, width)
+    original = cover(sample_photo(DEMO_PHOTO), height, width)
+    donor = cover(sample_photo(DEMO_DONOR), height, width)
     immunized = imuge.immunize(original)
     step("immunized")
     shared, shared_bytes = _jpeg(immunized, DEMO_JPEG_QUALITY)

@@ -341,23 +341,14 @@ class TFLiteCamera:
         return self.interpreter.get_tensor(self.output["index"])[0].copy()
 
 
-def cover(photo: np.ndarray, width: int, height: int) -> np.ndarray:
-    """`photo` scaled to cover width x height and centre-cropped to it (for parity checks)."""
-    from PIL import Image
-
-    scale = max(width / photo.shape[1], height / photo.shape[0])
-    size = (max(width, round(photo.shape[1] * scale)), max(height, round(photo.shape[0] * scale)))
-    scaled = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.LANCZOS))
-    top, left = (scaled.shape[0] - height) // 2, (scaled.shape[1] - width) // 2
-    return np.ascontiguousarray(scaled[top:top + height, left:left + width])
-
-
 def camera_parity(imuge, camera, photos) -> dict:
     """How far the camera model's immunized photos are from `Imuge.immunize` (8-bit levels)."""
+    from imuge_tf.io import cover
+
     height, width = camera.shape[1], camera.shape[2]
     differences = []
     for photo in photos:
-        photo = cover(photo, width, height)
+        photo = cover(photo, height, width)
         got = camera(photo).astype(np.int16)
         expected = imuge.immunize(photo).astype(np.int16)
         differences.append(np.abs(got - expected).ravel())

@@ -385,3 +385,12 @@ def overlay(image, mask, alpha=0.45):
     grown = ndimage.binary_dilation(mask, np.ones((3, 3), bool), iterations=width)
     result[grown & ~mask] = red
     return np.clip(np.rint(result), 0, 255).astype(np.uint8)
+
+
+def cover(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`image` scaled (Lanczos) to cover height x width, then centre-cropped to it."""
+    scale = max(height / image.shape[0], width / image.shape[1])
+    size = (max(width, round(image.shape[1] * scale)), max(height, round(image.shape[0] * scale)))
+    resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    top, left = (resized.shape[0] - height) // 2, (resized.shape[1] - width) // 2
+    return np.ascontiguousarray(resized[top:top + height, left:left + width])

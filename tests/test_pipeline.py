@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from imuge_tf import export as ex
 from imuge_tf.inference import Imuge
+from imuge_tf.io import cover
 from imuge_tf.pipeline import working_size, working_view
 
 
@@ -18,7 +19,7 @@ def imuge(untrained_model_dir):
 
 
 def _photo(photos, width, height):
-    return ex.cover(photos["astronaut"], width, height)
+    return cover(photos["astronaut"], height, width)
 
 
 def test_working_size_keeps_the_aspect_ratio():
