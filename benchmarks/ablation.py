@@ -1,4 +1,4 @@
-"""The training levers compared at an equal budget (issue 6): one short run per arm, each
+"""The training levers compared at an equal budget: one short run per arm, each
 evaluated on held-out photos with real codecs.
 
     python benchmarks/ablation.py --data TRAIN_DIR --heldout HELDOUT_DIR [--epochs 4]
@@ -27,16 +27,15 @@ from common import (REPO_ROOT, command_line, log, machine_facts, markdown_table,
                     update_section, utc_now)
 
 # name -> (what it changes, config overrides on top of configs/demo.yaml). demo.yaml carries
-# the carrier and the hidden thumbnail since issue 6; the arms before them turn them off (and
-# put the fidelity hinge back at 36 dB), so that each arm's config stays what it was trained
-# with.
+# the carrier and the hidden thumbnail; the arms from before them turn them off (and put the
+# fidelity hinge back at 36 dB), so that each arm's config stays what it was trained with.
 NO_THUMBNAIL = ["model.hidden_thumbnail_step=0"]
 BEFORE_CARRIER = ["model.carrier_amplitude=0", "loss.immunization_psnr_target=36"] + NO_THUMBNAIL
 MILD_ATTACKS = ["attacks.skip_probability=0.25", "attacks.noise_stddev=0.02",
                 "attacks.jpeg_quality_range=[70,95]"]
 ARMS = {
-    "demo": ("the demo config before issue 6 (pre-fill, 8-bit I_M, PSNR hinge at 36 dB, "
-             "never-immunized and residual-removal samples)", BEFORE_CARRIER),
+    "demo": ("the demo config before the carrier and thumbnail (pre-fill, 8-bit I_M, PSNR "
+             "hinge at 36 dB, never-immunized and residual-removal samples)", BEFORE_CARRIER),
     "mild": ("+ milder benign attacks (a quarter of samples unattacked, noise sigma 0.02 "
              "instead of 0.05, JPEG quality 70-95 instead of 50-95)",
              BEFORE_CARRIER + MILD_ATTACKS),

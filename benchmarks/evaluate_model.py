@@ -5,8 +5,9 @@
 Runs `imuge_tf.evaluation.run_evaluation` (real codecs; the same as `imuge evaluate`) on
 photos the model never saw, prints the full table, and writes the `model_evaluation` section of
 BENCHMARKS.md: Table 1 with the paper's figures beside ours, the Telea inpainting baseline and
-the Imuge effect, Table 2, false alarms and verdicts, and the bars of issue 4 (immunized PSNR
->= 30 dB, pixel F1 >= 0.7 without a benign attack, recovery L-PSNR above Telea's).
+the Imuge effect, Table 2, false alarms and verdicts, and the quality bars of the first
+shipped model (immunized PSNR >= 30 dB, pixel F1 >= 0.7 without a benign attack, recovery
+L-PSNR above Telea's).
 """
 
 import argparse
@@ -90,7 +91,7 @@ def report(summary, model_path, data):
         ("recovery L-PSNR > Telea's, no benign attack", none.get("l_psnr"),
          none.get("l_psnr_telea")),
     ]
-    lines += ["", "Bars (issue 4):", ""]
+    lines += ["", "Bars:", ""]
     for name, value, bar in bars:
         ok = value is not None and bar is not None and value >= bar
         lines.append(f"- {name}: {fmt(value, 3)} vs {fmt(bar, 3)}: "

@@ -1,7 +1,7 @@
 """The shipped model at the photo's own resolution, through the public API, with real codecs.
 
-For each photo of a folder (default: ../shared/data/photos_native, none of which the shipped
-model was trained on), at its native size:
+For each photo of a folder (`--data`; BENCHMARKS.md names the one measured), at its native
+size:
 
 - fidelity: PSNR(I, I_M) over the whole photo and over its flat areas (pixels whose 7 x 7
   luminance standard deviation is below 1.5 levels), and the residual's block-grid energy;
@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (quietens TensorFlow before it is imported)
 import numpy as np  # noqa: E402
 
-DEFAULT_DATA = os.path.join(common.REPO_ROOT, "..", "shared", "data", "photos_native")
 TAMPERS = ("paste", "removal", "clone")
 
 
@@ -244,7 +243,7 @@ def render(records, timing, data):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=DEFAULT_DATA, help="folder of photos")
+    parser.add_argument("--data", required=True, help="folder of photos at their native size")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=os.path.join(common.REPO_ROOT, "benchmarks",

@@ -142,7 +142,7 @@ def main(argv=None):
         "## How it was trained",
         "",
         "```bash",
-        "python benchmarks/split_photos.py --data ../shared/data/photos --out /tmp/photos",
+        "python benchmarks/split_photos.py --data PHOTOS --out /tmp/photos",
         args.command,
         "```",
         "",

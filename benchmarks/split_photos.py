@@ -4,7 +4,7 @@ Every `--every`-th file in sorted order is held out (the 8th, 16th, ...; default
 shared/data/photos' 73 photos for training, 9 held out), so the split is the same on every
 machine. The shipped demo model was trained on train/ and evaluated on heldout/ of this split:
 
-    python benchmarks/split_photos.py --data ../shared/data/photos --out /tmp/photos
+    python benchmarks/split_photos.py --data PHOTOS --out /tmp/photos
     python train.py --config demo --data /tmp/photos/train --workdir workdirs/demo
     imuge evaluate --model workdirs/demo --data /tmp/photos/heldout --out runs/eval
 """

@@ -50,7 +50,7 @@ class ModelConfig:
     task_decoupling: bool = True
     progressive_recovery: bool = True
     local_feature_sharing: bool = True
-    # Levers beyond the paper (issue 6, DESIGN.md "What a pilot training run showed"); the
+    # Levers beyond the paper (docs/design.md and README "Levers"); the
     # defaults are the paper's setting.
     decoder_prefill: bool = False  # R corrects a push-pull fill of the hole instead of
     #                                painting it from nothing (tanh residual, zero-initialised)

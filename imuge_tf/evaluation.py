@@ -18,7 +18,7 @@
    inference path) and once with the true mask (`imuge.recover_with_mask`);
 6. runs the same tamper, mask and attack on the **never-immunized** photo and recovers it with
    the true mask: the difference in recovery L-PSNR is the *Imuge effect*, what the hidden
-   information adds over what the decoder can guess from the surroundings (DESIGN.md);
+   information adds over what the decoder can guess from the surroundings (docs/design.md);
 7. inpaints the attacked image inside the true mask with OpenCV's Telea method
    (`cv2.inpaint`, radius `TELEA_RADIUS`): the classical baseline of section 4.3;
 8. verifies the untampered immunized photo and the untampered never-immunized photo after the

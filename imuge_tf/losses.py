@@ -1,6 +1,6 @@
 """The objective of the paper, eqs. 3-9, as per-replica means of plain tensors.
 
-Convention (see DESIGN.md, "Loss scaling"): every function returns the mean over the samples
+Convention (see docs/design.md, "Known pitfalls"): every function returns the mean over the samples
 it is given (one replica's batch). The model divides the total by the number of replicas
 before taking gradients, since Keras sums gradients over replicas; logged values are unscaled.
 """

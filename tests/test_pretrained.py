@@ -52,7 +52,7 @@ def test_immunized_photo_looks_the_same(imuge):
     assert l_psnr(photo, immunized, np.ones(photo.shape[:2], bool)) >= 30.0
 
 
-KNOWN_GAP = ("known gap, issue 6: on the astronaut, cat fur pasted in is localized with pixel F1 "
+KNOWN_GAP = ("known gap: on the astronaut, cat fur pasted in is localized with pixel F1 "
              "0.53 (0.88 for the rocket on the coffee); strict: this fails loudly once a "
              "retrained model passes")
 
@@ -69,7 +69,7 @@ def test_pasted_patch_is_found_and_recovered_after_real_jpeg(imuge, host, donor)
 
     result = imuge.verify(tampered)
     assert result.verdict == "tampered"
-    assert f1(result.mask, mask) >= 0.7  # the bar of issue 4
+    assert f1(result.mask, mask) >= 0.7  # the shipped model's localization bar
 
     recovered = imuge.recover(tampered, result)
     # After JPEG the hidden thumbnail is gone and recovery is an inpainting of the grown mask
@@ -104,7 +104,7 @@ def recovered_l_psnr(imuge, photo, received, donor, mask, quality=None):
                    "thumbnail to full size (its cells were a visible mosaic): recovery is an "
                    "inpainting until a JPEG-robust reference replaces it")
 def test_recovery_reads_the_immunization(imuge):
-    """The Imuge effect (issue 6): with the same tamper and the same mask, the decoder
+    """The Imuge effect: with the same tamper and the same mask, the decoder
     recovers the patch clearly better from the immunized photo (saved losslessly) than from
     the never-immunized one, so it reads what the encoder hid instead of guessing."""
     photo, donor, mask = square("coffee"), square("rocket"), ellipse_mask()
@@ -118,7 +118,7 @@ def test_recovery_reads_the_immunization(imuge):
                    "inpainting until a JPEG-robust reference replaces it")
 @pytest.mark.parametrize("host, donor", [("coffee", "rocket"), ("astronaut", "chelsea")])
 def test_recovery_beats_inpainting_on_a_losslessly_saved_photo(imuge, host, donor):
-    """The bar of issue 4: recovery above OpenCV's Telea inpainting on the same mask."""
+    """The recovery bar: recovery above OpenCV's Telea inpainting on the same mask."""
     from imuge_tf.evaluation import telea_inpaint
 
     photo, patch, mask = square(host), square(donor), ellipse_mask()

@@ -138,7 +138,7 @@ def build_optimizers(config: Config):
 def compile_imuge(model: ImugeModel, config: Config) -> ImugeModel:
     generator_optimizer, discriminator_optimizer = build_optimizers(config)
     # No XLA: the attack layer uses ops XLA cannot compile (the real JPEG codec), and on the
-    # CPU XLA was slower here (DESIGN.md).
+    # CPU XLA was slower here (docs/design.md).
     model.compile(generator_optimizer=generator_optimizer,
                   discriminator_optimizer=discriminator_optimizer, jit_compile=False)
     return model

@@ -2,7 +2,7 @@
 
 The paper asks the encoder to learn where and how to hide the information the decoder needs.
 At a CPU budget it does not: trained decoders inpaint, and score the same on never-immunized
-photos (issue 6, "Imuge effect" ~0 dB). This lever (`model.hidden_thumbnail_step` > 0) hides
+photos ("Imuge effect" ~0 dB). This lever (`model.hidden_thumbnail_step` > 0) hides
 the information by construction, with quantization index modulation (QIM):
 
 - the photo is cut into `block` x `block` cells; the message of a cell is the mean colour

@@ -178,7 +178,7 @@ class ImugeModel(keras.Model):
         """Sets and builds both optimizers on their exact variables.
 
         Call inside `strategy.scope()`: an optimizer built lazily inside a distributed step
-        fails under MirroredStrategy (DESIGN.md, known pitfalls).
+        fails under MirroredStrategy (docs/design.md, known pitfalls).
         """
         generator_optimizer = generator_optimizer or keras.optimizers.Adam(2e-4)
         discriminator_optimizer = discriminator_optimizer or keras.optimizers.Adam(2e-4)
@@ -392,7 +392,7 @@ class ImugeModel(keras.Model):
 
         Samples already carry distinct seeds from the input pipeline; folding the replica id
         in as well guarantees that replicas never draw the same attacks, even if two replicas
-        were ever fed the same elements (DESIGN.md, known pitfalls).
+        were ever fed the same elements (docs/design.md, known pitfalls).
         """
         replica = tf.distribute.get_replica_context()
         if replica is None:
