@@ -62,6 +62,17 @@ def test_saturated_highlights_carry_the_mark():
     assert _agreement(mark, _embed(mark, white)).min() > 0.7
 
 
+def test_flat_content_is_told_apart(photos):
+    mark = BlockMark()
+    marked = _embed(mark, photos["coffee"])
+    painted = marked.copy()
+    painted[64:192, 128:320] = (200, 40, 30)  # a region painted over with one colour
+    _, flat = mark.read(tf.constant(painted[None], tf.float32))
+    flat = np.asarray(flat)[0, :, :, 0]
+    assert flat[8:24, 16:40].all()
+    assert flat[:8].mean() < 0.01  # marked blocks, even the smooth ones
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="AC positions"):
         BlockMark(coefficients=((0, 0),))

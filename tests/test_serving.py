@@ -157,17 +157,19 @@ EXPECTED_SIGNATURES = {
     "serving_default": {
         "inputs": {"images": ("DT_STRING", "(-1)")},
         "outputs": {
-            "verdict": ("DT_STRING", "(-1)"), "mask_png_bytes": ("DT_STRING", "(-1)"),
+            "verdict": ("DT_STRING", "(-1)"), "evidence": ("DT_STRING", "(-1)"),
+            "mask_png_bytes": ("DT_STRING", "(-1)"),
             "recovered_png_bytes": ("DT_STRING", "(-1)"),
             "tampered_fraction": ("DT_FLOAT", "(-1)"), "flagged_fraction": ("DT_FLOAT", "(-1)"),
             "threshold": ("DT_FLOAT", "(-1)"), "intact_max_fraction": ("DT_FLOAT", "(-1)"),
             "not_immunized_min_fraction": ("DT_FLOAT", "(-1)"),
             "height": ("DT_INT32", "(-1)"), "width": ("DT_INT32", "(-1)")}},
     "verify_tensor": {
-        "inputs": {"images": ("DT_FLOAT", "(-1, 32, 32, 3)")},
+        "inputs": {"images": ("DT_FLOAT", "(-1, -1, -1, 3)")},
         "outputs": {
-            "probability": ("DT_FLOAT", "(-1, 32, 32, 1)"), "mask": ("DT_FLOAT", "(-1, 32, 32, 1)"),
-            "recovered": ("DT_FLOAT", "(-1, 32, 32, 3)"), "verdict": ("DT_STRING", "(-1)"),
+            "probability": ("DT_FLOAT", "(-1, -1, -1, 1)"), "mask": ("DT_FLOAT", "(-1, -1, -1, 1)"),
+            "recovered": ("DT_FLOAT", "(-1, -1, -1, 3)"), "verdict": ("DT_STRING", "(-1)"),
+            "evidence": ("DT_STRING", "(-1)"),
             "tampered_fraction": ("DT_FLOAT", "(-1)"), "flagged_fraction": ("DT_FLOAT", "(-1)"),
             "threshold": ("DT_FLOAT", "(-1)"), "intact_max_fraction": ("DT_FLOAT", "(-1)"),
             "not_immunized_min_fraction": ("DT_FLOAT", "(-1)")}},
@@ -242,9 +244,10 @@ def test_only_stock_ops_in_the_graph(smoke, tmp_path):
 
     _, base = smoke
     ops = ex.graph_ops(os.path.join(base, "1"))
-    # The real pipeline is in there: decoding, resizing, Otsu, the opening, PNG encoding.
-    assert {"DecodeImage", "DecodeJpeg", "ScaleAndTranslate", "HistogramFixedWidth", "MaxPool",
-            "EncodePng", "Conv2D"} <= ops
+    # The real pipeline is in there: decoding, resizing, the block mark's DCT, Otsu, the
+    # opening, PNG encoding.
+    assert {"DecodeImage", "DecodeJpeg", "ResizeBilinear", "MatMul",
+            "HistogramFixedWidth", "MaxPool", "EncodePng", "Conv2D"} <= ops
     assert ex.nonstock_ops(os.path.join(base, "1")) == []
     assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
     assert all(op_def_registry.get(op) is not None for op in ops

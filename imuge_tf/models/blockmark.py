@@ -38,6 +38,7 @@ PUBLIC_KEY = b"imuge-tf public demo key"
 # Base pixels are kept this many levels inside [0, 255] so that the mark is never clipped
 # (a saturated highlight would otherwise lose it and read as tampered).
 HEADROOM = 3.0
+FLAT_COEFFICIENT = 0.5  # `read`: a block whose marked coefficients are all smaller is flat
 
 
 def dct_basis(coefficients=DEFAULT_COEFFICIENTS) -> np.ndarray:
@@ -152,8 +153,16 @@ class BlockMark:
     def agreement(self, levels):
         """[B, H, W, 3] float 8-bit levels -> [B, H // 8, W // 8, 1]: the mean agreement of each
         whole block's coefficients with the keyed lattice (1 marked, ~0 unmarked)."""
+        return self.read(levels)[0]
+
+    def read(self, levels):
+        """(`agreement`, flatness): flatness is 1 where every marked coefficient of the block
+        is within FLAT_COEFFICIENT of 0, as on content painted over with one colour (a marked
+        block is so by chance in about 1 of 20,000 blocks, more often after strong JPEG)."""
         _, _, rows, columns = _grid(levels)
         coefficients = self._coefficients(luminance(levels), rows, columns)
         phase = (coefficients - _offsets(self.tile, rows, columns)) / self.step
         distance = keras.ops.abs(phase - keras.ops.round(phase))
-        return keras.ops.mean(1.0 - 4.0 * distance, axis=-1, keepdims=True)
+        agreement = keras.ops.mean(1.0 - 4.0 * distance, axis=-1, keepdims=True)
+        largest = keras.ops.max(keras.ops.abs(coefficients), axis=-1, keepdims=True)
+        return agreement, keras.ops.cast(largest < FLAT_COEFFICIENT, agreement.dtype)
