@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["imuge_tf", "imuge_tf.*"]),
     include_package_data=True,
-    package_data={"imuge_tf": ["pretrained/*"]},
+    package_data={"imuge_tf": ["pretrained/*", "configs/*.yaml"]},
     install_requires=[
         "tensorflow==2.21.*",
         "keras==3.15.*",

@@ -174,7 +174,8 @@ def main(argv=None):
         "",
         "## float16 storage",
         "",
-        "The weights are stored in float16 (`*.f16.npz`) and run in float32. Against the "
+        "The weights are stored in float16 (`*.f16.npz`, one array per variable, keyed by its "
+        "Keras variable path and loaded by name) and run in float32. Against the "
         f"float32 model on {len(paths)} held-out photos at 256 px: `{json.dumps(parity)}`. "
         "With a hidden thumbnail, a residual a fraction of a level away can put a cell's mean "
         "on the neighbouring lattice point, which carries the same message, so a few cells "

@@ -558,7 +558,7 @@ def run_evaluate(args) -> int:
     try:
         summary = evaluation.run_evaluation(
             imuge, [path for path, _ in files], args.out, limit=args.limit, seed=args.seed,
-            quick=args.quick, progress=reporter.show_progress)
+            quick=args.quick, size=args.size, progress=reporter.show_progress)
     except ValueError as error:  # unusable photos or arguments, as run_evaluation says
         raise CommandError(_one_line(error)) from None
     format_table = getattr(evaluation, "format_table", None)
@@ -774,7 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="the paper's evaluation protocol on held-out photos",
         description=_wrap("Immunizes, tampers, attacks (JPEG, resizing, cropping, blur, noise), "
-                    "verifies and recovers held-out photos; writes table.txt, results.csv, "
+                    "verifies and recovers held-out photos at their own size (or, with "
+                    "--size, as centred squares); writes table.txt, results.csv, "
                     "results.json and figures/ under OUT."),
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.add_argument("--data", required=True, metavar="DIR",
@@ -785,6 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quick", action="store_true",
                           help="a few attacks and photos only: a fast check")
     evaluate.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    evaluate.add_argument("--size", type=_positive_int, default=None, metavar="S",
+                          help="evaluate centred S x S squares instead of whole photos at "
+                               "their own size")
     evaluate.add_argument("--force", action="store_true", help="overwrite earlier results")
     _add_common(evaluate)
     evaluate.set_defaults(handler=run_evaluate, runner=run_image_command)

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-# The shipped configs live at the top of the repository (installed with `pip install -e .`).
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# The shipped configs are package data (imuge_tf/configs/, which the repository's top-level
+# configs/ links to), so that any install, editable or not, finds them from any folder.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 NORMS = ("group", "batch", "instance", "none")
 # Attack names a config may use. The defaults are the paper's (section 3.2); the rest are opt-in.

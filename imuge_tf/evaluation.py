@@ -2,14 +2,15 @@
 
 `run_evaluation(imuge, photos, out_dir)` takes held-out photos and, for each one:
 
-1. reads it with Pillow as RGB (EXIF orientation applied), scales it so its shorter side is the
-   model's working size `S = imuge.image_size` and keeps the centred S x S square, so the
-   numbers are comparable to training (which crops S x S windows);
+1. reads it with Pillow as RGB (EXIF orientation applied) and keeps it at its own size (the
+   default: what users immunize), or, with `size=S`, scales it so its shorter side is S and
+   keeps the centred S x S square (comparable to training, which crops S x S windows);
 2. immunizes it (`imuge.immunize`) and scores PSNR / SSIM of the immunized image I_M;
 3. tampers I_M by content replacement (the "donor" tamper of training, eq. 1): inside a random
    object-shaped mask (ellipses, polygons, blobs of `imuge_tf.attacks.masks`, RST 10-30 %, RLT
-   6-16 %, the training defaults) the pixels come from another photo, the previous one of the
-   set (the first photo takes a bundled scikit-image photo);
+   6-16 %, the training defaults; drawn on a MASK_CANVAS square and stretched to the photo)
+   the pixels come from another photo, the previous one of the set scaled and cropped to this
+   one's size (the first photo takes a bundled scikit-image photo);
 4. for every column of Table 1 (`imuge_tf.attacks.evaluation.TABLE1_ATTACKS`: real JPEG,
    resizing, cropping, blur, noise, none) applies the real attack to the tampered image; the
    true mask is the tamper mask plus the attack's `extra_mask` (the black border of a crop,
@@ -130,6 +131,7 @@ FIGURE_ATTACK = "jpeg90"
 FIGURE_PHOTOS = 4
 QUICK_FIGURE_PHOTOS = 2
 TELEA_RADIUS = 3
+MASK_CANVAS = 256  # tamper masks of photos larger than this are drawn here and stretched
 FLAG_PROBABILITY = 0.5
 
 TABLE1_METRICS = (
@@ -180,14 +182,23 @@ def _centre_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[top:top + size, left:left + size])
 
 
-def load_photo(source, size: int) -> np.ndarray:
-    """A file path or uint8 array as an S x S RGB uint8 photo, S = `size`.
+def load_photo(source, size: int | None = None) -> np.ndarray:
+    """A file path or uint8 array as an RGB uint8 photo: at its own size when `size` is None,
+    else S x S, S = `size`.
 
-    Files are read with Pillow (EXIF orientation, any mode to 8-bit RGB); the shorter side is
-    scaled to `size` (Lanczos down, bicubic up) and the centred square kept.
+    Files are read with Pillow (EXIF orientation, any mode to 8-bit RGB). With `size`, the
+    shorter side is scaled to `size` (Lanczos down, bicubic up) and the centred square kept.
     """
     from imuge_tf.data import load_image, prepare_array
 
+    if size is None:
+        if isinstance(source, np.ndarray):
+            from imuge_tf.inference import check_photo
+
+            return check_photo(source).copy()
+        from imuge_tf.io import read_image
+
+        return read_image(os.fspath(source))
     if isinstance(source, np.ndarray):
         image = prepare_array(source, size, size)
     else:
@@ -219,36 +230,50 @@ def _photo_sources(paths_or_arrays) -> list[tuple[str, object]]:
              item) for name, item in sources]
 
 
+def _donor_for(photo: np.ndarray, donor: np.ndarray) -> np.ndarray:
+    """`donor` scaled and centre-cropped to `photo`'s size."""
+    from imuge_tf.io import cover
+
+    if donor.shape == photo.shape:
+        return donor
+    return cover(donor, photo.shape[0], photo.shape[1])
+
+
 def _bundled_donor(photo: np.ndarray) -> np.ndarray:
     """A bundled scikit-image photo at the photo's size that is not the photo itself."""
     from imuge_tf.samples import SAMPLE_PHOTO_NAMES, sample_photo
 
-    size = photo.shape[0]
     for name in SAMPLE_PHOTO_NAMES:
-        donor = load_photo(sample_photo(name), size)
+        donor = _donor_for(photo, sample_photo(name))
         if not np.array_equal(donor, photo):
             return donor
     raise RuntimeError("no bundled photo differs from the evaluated one")
 
 
-def _tamper_mask(seed: tuple[int, int], size: int, *, area_range, largest_range, max_regions,
+def _tamper_mask(seed: tuple[int, int], shape, *, area_range, largest_range, max_regions,
                  shapes) -> np.ndarray:
-    """A bool S x S object-shaped tamper mask from masks.py (the training generator)."""
+    """A bool H x W object-shaped tamper mask from masks.py (the training generator): drawn
+    at S x S for a square photo of side S <= MASK_CANVAS, else on the MASK_CANVAS square and
+    stretched to the photo (nearest neighbour)."""
     import tensorflow as tf
 
     from imuge_tf.attacks.masks import random_tamper_mask
 
-    mask = random_tamper_mask(tf.constant(seed, tf.int64), size, area_range=area_range,
+    height, width = shape
+    canvas = height if height == width and height <= MASK_CANVAS else MASK_CANVAS
+    mask = random_tamper_mask(tf.constant(seed, tf.int64), canvas, area_range=area_range,
                               largest_range=largest_range, max_regions=max_regions,
                               shapes=shapes)
+    if (height, width) != (canvas, canvas):
+        mask = tf.image.resize(mask[None], (height, width), method="nearest")[0]
     return mask.numpy()[..., 0] > 0.5
 
 
-def _fixed_share_mask(seed, size, rst, rlt) -> np.ndarray:
+def _fixed_share_mask(seed, shape, rst, rlt) -> np.ndarray:
     # Enough regions to reach RST without any exceeding RLT, and no more: masks.py would
     # otherwise spread the rest over up to `max_regions` small regions.
     regions = min(16, max(1, math.ceil(rst / rlt - 1e-6) + 1))
-    return _tamper_mask(seed, size, area_range=(rst, rst), largest_range=(rlt, rlt),
+    return _tamper_mask(seed, shape, area_range=(rst, rst), largest_range=(rlt, rlt),
                         max_regions=regions, shapes=TAMPER_MASK["shapes"])
 
 
@@ -313,12 +338,12 @@ def _evaluate_photo(imuge, original, donor, attacks, table2, seed, index, want_p
     verdicts {(category, attack): verdict}, panel images or None)."""
     from imuge_tf.attacks.masks import mask_statistics
 
-    size = original.shape[0]
+    shape = original.shape[:2]
     immunized = imuge.immunize(original)
     photo = {"psnr_immunized": scoring.psnr(original, immunized),
              "ssim_immunized": scoring.ssim(original, immunized)}
 
-    mask = _tamper_mask((seed, 16 * index), size, **TAMPER_MASK)
+    mask = _tamper_mask((seed, 16 * index), shape, **TAMPER_MASK)
     tampered = _paste(immunized, donor, mask)
     tampered_plain = _paste(original, donor, mask)
     noise_seed = seed * 100_003 + index
@@ -355,7 +380,7 @@ def _evaluate_photo(imuge, original, donor, attacks, table2, seed, index, want_p
 
     rows = {}
     for row, (name, rst, rlt) in enumerate(table2, start=1):
-        row_mask = _fixed_share_mask((seed, 16 * index + row), size, rst, rlt)
+        row_mask = _fixed_share_mask((seed, 16 * index + row), shape, rst, rlt)
         attacked = _paste(immunized, donor, row_mask)
         result = imuge.verify(attacked)
         scores = _localization(result, row_mask)
@@ -574,6 +599,11 @@ def _cell(value, key) -> str:
     return f"{value:.2f}"
 
 
+def _size_label(settings) -> str:
+    size = settings.get("image_size", "?")
+    return "their own size" if size == "native" else f"{size} px"
+
+
 def format_table(summary: dict) -> str:
     """The summary as text: Table 1 (rows = metrics, columns = attacks), Table 2, the Telea
     baseline, the Imuge effect and verdict counts. Accepts the dict from `run_evaluation` or the
@@ -587,7 +617,7 @@ def format_table(summary: dict) -> str:
     area, largest = mask["area_range"], mask["largest_range"]
     immunization = summary["immunization"]
     lines = [
-        f"Imuge evaluation: {summary['photos']} photo(s) at {settings.get('image_size', '?')} px,"
+        f"Imuge evaluation: {summary['photos']} photo(s) at {_size_label(settings)},"
         f" seed {settings.get('seed', '?')}{', quick' if settings.get('quick') else ''}",
         f"Immunization: PSNR(I, I_M) {_cell(immunization['psnr_immunized'], 'psnr')} dB, "
         f"SSIM(I, I_M) {_cell(immunization['ssim_immunized'], 'ssim_immunized')}",
@@ -648,7 +678,7 @@ def format_table(summary: dict) -> str:
 
 
 def run_evaluation(imuge, paths_or_arrays, out_dir, *, limit=None, seed=0, quick=False,
-                   progress=True) -> dict:
+                   size=None, progress=True) -> dict:
     """Runs the evaluation protocol (module docstring) and writes its files under `out_dir`.
 
     Args:
@@ -662,6 +692,7 @@ def run_evaluation(imuge, paths_or_arrays, out_dir, *, limit=None, seed=0, quick
       seed: a non-negative int; the same seed gives the same masks and noise.
       quick: only the columns QUICK_ATTACKS and the Table 2 rows QUICK_TABLE2, fewer photos and
         figure rows: for fast runs and tests.
+      size: None to evaluate every photo at its own size; S for centred S x S squares.
       progress: show a tqdm bar over photos.
 
     Returns the summary dict also written to results.json. Photos that cannot be read are
@@ -676,7 +707,9 @@ def run_evaluation(imuge, paths_or_arrays, out_dir, *, limit=None, seed=0, quick
     if quick and limit is None:
         limit = QUICK_PHOTOS
     seed = int(seed)
-    size = int(imuge.image_size)
+    if size is not None and (isinstance(size, bool) or int(size) < 16):
+        raise ValueError(f"size must be None (native) or an int >= 16, got {size!r}")
+    size = None if size is None else int(size)
     attacks = QUICK_ATTACKS if quick else tuple(a.name for a in TABLE1_ATTACKS)
     for name in attacks:
         get_attack(name)
@@ -701,7 +734,8 @@ def run_evaluation(imuge, paths_or_arrays, out_dir, *, limit=None, seed=0, quick
             # Pillow raises OSError for broken files, SyntaxError for some truncated headers.
             skipped.append({"photo": name, "error": f"{type(error).__name__}: {error}"})
             continue
-        donor = previous if previous is not None else _bundled_donor(original)
+        donor = (_donor_for(original, previous) if previous is not None
+                 else _bundled_donor(original))
         index = len(names)
         photo, scores1, scores2, photo_verdicts, panel = _evaluate_photo(
             imuge, original, donor, attacks, table2, seed, index, index < figure_rows)
@@ -727,7 +761,8 @@ def run_evaluation(imuge, paths_or_arrays, out_dir, *, limit=None, seed=0, quick
                          + "; ".join(s["error"] for s in skipped[:3]))
 
     settings = {
-        "image_size": size,
+        "image_size": "native" if size is None else size,
+        "working_size": int(imuge.image_size),
         "seed": seed,
         "quick": bool(quick),
         "limit": None if limit is None else int(limit),

@@ -35,27 +35,38 @@ HALF_SUFFIX = ".f16.npz"  # weights stored in float16 (the shipped model, to hal
 
 
 def _load_half(name, path, metadata):
-    """A network rebuilt from the stored config, with float16-stored weights as float32."""
+    """A network rebuilt from the stored config, with its float16-stored weights (keyed by
+    variable path) as float32."""
     from imuge_tf.config import config_from_dict
     from imuge_tf.models import factory
 
     config = config_from_dict(metadata["config"])
     network = getattr(factory, f"build_{name}")(config)
     with np.load(path) as stored:
-        weights = [stored[f"w{index:04d}"].astype(np.float32) for index in range(len(stored))]
-    try:
-        network.set_weights(weights)
-    except ValueError as error:
-        raise ModelNotFoundError(f"{path} does not fit the {name} of its config: {error}") \
-            from None
+        stored_names = set(stored.files)
+        expected = {variable.path for variable in network.weights}
+        if stored_names != expected:
+            missing, unexpected = sorted(expected - stored_names), sorted(stored_names - expected)
+            raise ModelNotFoundError(
+                f"{path} does not fit the {name} of its config: missing {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                f"{' ...' if len(unexpected) > 3 else ''}")
+        for variable in network.weights:
+            value = stored[variable.path]
+            if tuple(value.shape) != tuple(variable.shape):
+                raise ModelNotFoundError(
+                    f"{path}: {variable.path} has shape {value.shape}, the {name} of its "
+                    f"config needs {tuple(variable.shape)}")
+            variable.assign(value.astype(np.float32))
     return network
 
 
 def save_half(network, path):
-    """Stores a network's weights in float16 (`_load_half` reads them back), atomically."""
+    """Stores a network's weights in float16, keyed by variable path (`_load_half` reads them
+    back by name), atomically."""
     partial = f"{path}.partial.npz"
-    np.savez_compressed(partial, **{f"w{index:04d}": weight.astype(np.float16)
-                                    for index, weight in enumerate(network.get_weights())})
+    np.savez_compressed(partial, **{variable.path: np.asarray(variable).astype(np.float16)
+                                    for variable in network.weights})
     os.replace(partial, path)
 
 

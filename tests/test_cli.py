@@ -300,20 +300,20 @@ def test_evaluate_and_demo_are_wired(photos, model_dir, tmp_path, monkeypatch, c
     calls = {}
 
     def fake_evaluation(imuge, paths, out_dir, *, limit=None, seed=0, quick=False,
-                        progress=True):
+                        size=None, progress=True):
         calls["evaluate"] = (imuge.image_size, sorted(map(os.path.basename, paths)), out_dir,
-                             limit, seed, quick, progress)
+                             limit, seed, quick, size, progress)
         return {"photos": len(paths), "f1": float("nan")}
 
     monkeypatch.setattr(evaluation, "run_evaluation", fake_evaluation)
     monkeypatch.setattr(evaluation, "format_table", lambda summary: "TABLE\n")
     code = cli.main(["evaluate", "--data", str(photos), "--out", str(tmp_path / "ev"),
                      "--limit", "2", "--quick", "--seed", "7", "--model", str(model_dir),
-                     "--json"])
+                     "--size", "48", "--json"])
     assert code == 0
     assert calls["evaluate"] == (WORKING, ["calm.png", "corrupt.jpg", "empty.png",
                                            "second.bmp", "third.tiff"],
-                                 str(tmp_path / "ev"), 2, 7, True, False)
+                                 str(tmp_path / "ev"), 2, 7, True, 48, False)
     assert json.loads(capsys.readouterr().out)["summary"] == {"photos": 5, "f1": None}
     assert cli.main(["evaluate", "--data", str(tmp_path / "none"), "--out", "x"]) == 2
 

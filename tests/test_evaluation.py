@@ -56,6 +56,19 @@ def test_load_photo_centre_crops_the_short_side_to_the_working_size():
     assert square[:, 3:-3].min() >= 250
 
 
+def test_native_photos_keep_their_size_and_masks_follow_it():
+    from imuge_tf.evaluation import TAMPER_MASK, _tamper_mask
+
+    photo = sample_photo("coffee")
+    np.testing.assert_array_equal(load_photo(photo), photo)
+    mask = _tamper_mask((0, 1), (300, 500), **TAMPER_MASK)
+    assert mask.shape == (300, 500)
+    low, high = TAMPER_MASK["area_range"]
+    assert low - 0.03 <= mask.mean() <= high + 0.03
+    with pytest.raises(ValueError, match="size"):
+        run_evaluation(None, [photo], "unused", size=4)
+
+
 def test_photos_are_named_by_file_unless_two_names_clash(tmp_path):
     from imuge_tf.evaluation import _photo_sources
 
@@ -96,7 +109,9 @@ def test_summary_counts_photos_columns_and_skipped_files(evaluated):
     assert list(summary["table1"]) == list(QUICK_ATTACKS)
     assert list(summary["table2"]) == list(QUICK_TABLE2)
     loaded = json.loads((out / "results.json").read_text())
-    assert loaded["photos"] == 3 and loaded["settings"]["image_size"] == 32
+    assert loaded["photos"] == 3 and loaded["settings"]["image_size"] == "native"
+    assert loaded["settings"]["working_size"] == 32
+    assert "their own size" in (out / "table.txt").read_text()
     assert loaded["settings"]["quick"] is True
     # The JSON (NaN as null) formats to the very table that was written.
     assert format_table(loaded) == (out / "table.txt").read_text()

@@ -121,3 +121,31 @@ def test_calibration_is_stored_with_the_weights(tmp_path, untrained_model_dir, p
     reloaded = Imuge.load(str(folder))
     assert reloaded.thresholds == thresholds
     assert reloaded.metadata["calibration"]["photos"] == 2
+
+
+def test_half_precision_weights_are_loaded_by_name(untrained_model_dir, tmp_path, photos):
+    from imuge_tf.inference import HALF_SUFFIX, NETWORKS, save_half
+
+    full = Imuge.load(untrained_model_dir)
+    folder = tmp_path / "half"
+    shutil.copytree(untrained_model_dir, folder)
+    metadata = json.loads((folder / "imuge.json").read_text())
+    metadata["networks"] = {name: f"{name}{HALF_SUFFIX}" for name in NETWORKS}
+    (folder / "imuge.json").write_text(json.dumps(metadata))
+    for name in NETWORKS:
+        save_half(getattr(full, name), str(folder / f"{name}{HALF_SUFFIX}"))
+    half = Imuge.load(str(folder))
+    for name in NETWORKS:
+        for kept, stored in zip(getattr(full, name).weights, getattr(half, name).weights):
+            assert kept.path == stored.path
+            np.testing.assert_array_equal(
+                np.asarray(stored), np.asarray(kept).astype(np.float16).astype(np.float32))
+    # A file that lacks a variable (or holds another network's) is refused by name.
+    with np.load(folder / f"decoder{HALF_SUFFIX}") as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    dropped = sorted(arrays)[0]
+    del arrays[dropped]
+    np.savez(folder / f"decoder{HALF_SUFFIX}", **arrays)
+    with pytest.raises(ModelNotFoundError, match="missing") as error:
+        Imuge.load(str(folder))
+    assert dropped in str(error.value)
