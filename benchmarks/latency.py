@@ -1,5 +1,5 @@
-"""Latency of the deployables: the encoder per runtime, the served verifier + decoder, and
-immunizing a 12-megapixel photo end to end.
+"""Latency of the deployables: the working-scale encoder per runtime and the served verifier +
+decoder (the 12-megapixel figures, camera model included, are benchmarks/native_quality.py's).
 
     python benchmarks/latency.py [--model PATH] [--repeats 7] [--sizes 128 256] [--no-write]
 
@@ -10,8 +10,6 @@ immunizing a 12-megapixel photo end to end.
 - Verifier + decoder: the TF Serving SavedModel called in process (no HTTP): serving_default
   on PNG bytes of the bundled photos, one per call and batches of --batch; verify_tensor on
   batches at the working size; and the Keras facade (verify + recover) for comparison.
-- 12 MP (4000 x 3000): `Imuge.immunize` with the Keras encoder and with TFLite fp32 / fp16
-  (resize to S, encoder, upsample the residual, add, round), and writing the PNG.
 
 Every figure is the median of --repeats timed runs after warm-up runs (the range is shown).
 The model: --model, else the shipped demo weights, else a freshly built *untrained*
@@ -40,11 +38,34 @@ from common import (  # noqa: E402
     usable_cpus,
     utc_now,
 )
-from export_parity import resolve_model  # noqa: E402
 
 SECTION = "latency"
-MEGAPIXELS_12 = (3000, 4000)  # height, width
 WARMUP = 2
+
+
+def resolve_model(path, scratch):
+    """(Imuge, description): --model, the shipped weights, or an untrained demo model built
+    into `scratch`."""
+    from imuge_tf.inference import PRETRAINED_DIR, Imuge
+
+    if path is not None:
+        imuge = Imuge.load(path)
+        return imuge, f"`{path}` (step {imuge.metadata.get('step')})"
+    if os.path.isfile(os.path.join(PRETRAINED_DIR, "imuge.json")):
+        imuge = Imuge.from_pretrained()
+        return imuge, f"the shipped demo model (imuge_tf/pretrained, step " \
+                      f"{imuge.metadata.get('step')})"
+    from imuge_tf.config import load_config
+    from imuge_tf.models.factory import build_imuge
+    from imuge_tf.training import save_inference_networks
+
+    log("no shipped weights: building an untrained demo-config model")
+    config = load_config("demo")
+    folder = os.path.join(scratch, "untrained-demo")
+    save_inference_networks(build_imuge(config), config, folder, step=0)
+    return Imuge.load(folder), ("a freshly built **untrained** demo-config model (no shipped "
+                                "weights were found): the figures test the conversions, not "
+                                "the model's quality")
 
 
 def timed(function, repeats, inner=1, warmup=WARMUP):
@@ -71,7 +92,7 @@ def per_second(result, count):
 def encoder_rows(imuge, sizes, repeats, threads, scratch):
     import tensorflow as tf
 
-    compiled = tf.function(lambda x: imuge.encoder(x, training=False))
+    compiled = tf.function(lambda x: imuge.pipeline.encoder(x, training=False))
     rows = []
     for size in sizes:
         results = encoder_at(imuge, compiled, size, repeats, threads, scratch)
@@ -89,11 +110,12 @@ def encoder_at(imuge, compiled, size, repeats, threads, scratch):
     tensor = tf.constant(image)
     log(f"encoder at {size} px: Keras")
     results = {
-        "Keras (eager call)": timed(lambda: imuge.encoder(tensor, training=False).numpy(),
+        "Keras (eager call)": timed(lambda: imuge.pipeline.encoder(tensor, training=False).numpy(),
                                     repeats, inner=3),
         "Keras (tf.function)": timed(lambda: compiled(tensor).numpy(), repeats, inner=3),
     }
-    saved = ex.save_encoder(imuge.encoder, size, os.path.join(scratch, f"encoder-{size}"))
+    saved = ex.save_encoder(imuge.pipeline.encoder, size,
+                            os.path.join(scratch, f"encoder-{size}"))
     serve = tf.saved_model.load(saved).signatures["serving_default"]
     log(f"encoder at {size} px: SavedModel")
     results["SavedModel (serving_default)"] = timed(
@@ -157,47 +179,6 @@ def serving_rows(imuge, repeats, batch, scratch):
     ], shapes
 
 
-def twelve_megapixel_rows(imuge, repeats, threads, scratch):
-    from PIL import Image
-
-    from imuge_tf import export as ex
-    from imuge_tf.io import LOSSLESS_FORMATS
-    from imuge_tf.samples import sample_photo
-
-    height, width = MEGAPIXELS_12
-    photo = np.asarray(Image.fromarray(sample_photo("astronaut")).resize(
-        (width, height), Image.Resampling.BICUBIC))
-    saved = os.path.join(scratch, f"encoder-{imuge.image_size}")
-    if not os.path.isdir(saved):
-        ex.save_encoder(imuge.encoder, imuge.image_size, saved)
-    runs = max(3, repeats // 2)
-    rows = []
-    log("12 MP: Keras")
-    rows.append(["Imuge.immunize, Keras encoder",
-                 ms(timed(lambda: imuge.immunize(photo), runs, warmup=1))])
-    for variant in ("fp32", "fp16"):
-        log(f"12 MP: TFLite {variant}")
-        camera = imuge.with_encoder(ex.TFLiteEncoder(ex.convert_saved_model(saved, variant),
-                                                     num_threads=threads))
-        rows.append([f"Imuge.immunize, TFLite {variant} encoder",
-                     ms(timed(lambda c=camera: c.immunize(photo), runs, warmup=1))])
-    immunized = imuge.immunize(photo)
-    pillow_format, options = LOSSLESS_FORMATS[".png"]
-
-    def write_png(**more):
-        buffer = io.BytesIO()
-        Image.fromarray(immunized).save(buffer, format=pillow_format, **options, **more)
-        return buffer.tell()
-
-    log("12 MP: PNG")
-    for label, more in (("as imuge writes it (Pillow defaults, zlib level 6)", {}),
-                        ("zlib level 1", {"compress_level": 1})):
-        size = write_png(**more)
-        rows.append([f"encoding the immunized photo as PNG, {label}: {size / 1e6:.1f} MB",
-                     ms(timed(lambda m=more: write_png(**m), runs, warmup=0))])
-    return rows
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, metavar="PATH",
@@ -221,11 +202,10 @@ def main(argv=None):
         log(f"model: {description}")
         encoder = encoder_rows(imuge, sizes, args.repeats, threads, scratch)
         serving, shapes = serving_rows(imuge, args.repeats, args.batch, scratch)
-        twelve = twelve_megapixel_rows(imuge, args.repeats, threads, scratch)
 
     facts = machine_facts()
     body = "\n".join([
-        "## Latency: encoder runtimes, served verifier + decoder, 12 MP immunization",
+        "## Latency: encoder runtimes, served verifier + decoder",
         "",
         f"Measured {utc_now()} by `{command_line()}` in {time.monotonic() - started:.0f} s.",
         f"Model: {description}; working size {imuge.image_size}. Medians of {args.repeats} "
@@ -246,13 +226,6 @@ def main(argv=None):
         "networks, Otsu + opening, PNG encoding of mask and recovered photo at full size.",
         "",
         markdown_table(["call", "time", "throughput"], serving),
-        "",
-        f"### Immunizing a 12-megapixel photo ({MEGAPIXELS_12[1]} x {MEGAPIXELS_12[0]})",
-        "",
-        "From the uint8 photo in memory to the uint8 immunized photo (resize to the working "
-        "size, encoder, residual upsampled and added at full resolution), then the PNG.",
-        "",
-        markdown_table(["step", "time"], twelve),
     ])
     print(body)
     if not args.no_write:

@@ -45,27 +45,6 @@ def jpeg(image, quality):
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
 
 
-def flat_area(image):
-    import scipy.ndimage as ndimage
-
-    luminance = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    mean = ndimage.uniform_filter(luminance, 7)
-    variance = ndimage.uniform_filter(luminance**2, 7) - mean**2
-    return np.sqrt(np.maximum(variance, 0.0)) < 1.5
-
-
-def psnr(a, b, where=None):
-    error = (a.astype(np.float64) - b.astype(np.float64)) ** 2
-    if where is not None:
-        error = error[where]
-    return float(10 * np.log10(255.0**2 / max(error.mean(), 1e-12)))
-
-
-def f1(predicted, truth):
-    both = np.logical_and(predicted, truth).sum()
-    return float(2 * both / max(predicted.sum() + truth.sum(), 1))
-
-
 def object_mask(height, width, rng, share=0.10):
     """A rotated ellipse of about `share` of the photo, wholly inside it."""
     ratio = rng.uniform(0.6, 1.6)
@@ -95,31 +74,22 @@ def tamper(kind, immunized, donor, mask, rng):
     return np.where(mask[:, :, None], shifted, immunized)
 
 
-def telea(image, mask):
-    import cv2
-
-    return cv2.inpaint(image, mask.astype(np.uint8), 3, cv2.INPAINT_TELEA)
-
-
-def block_grid_energy(original, immunized, period):
-    """Mean |horizontal step| of the residual across the lines of a `period`-px grid, over the
-    same elsewhere: 1 when the residual has no edges on that grid, large for a mosaic."""
-    residual = immunized.astype(np.float64).mean(axis=2) - original.astype(np.float64).mean(2)
-    steps = np.abs(np.diff(residual, axis=1))
-    on_grid = np.zeros(steps.shape[1], bool)
-    on_grid[period - 1::period] = True
-    return float(steps[:, on_grid].mean() / max(steps[:, ~on_grid].mean(), 1e-9))
-
-
 def evaluate_photo(imuge, name, photo, donor, seed):
+    from imuge_tf import scoring
+    from imuge_tf.evaluation import telea_inpaint
+
     rng = np.random.default_rng(seed)
     height, width = photo.shape[:2]
     record = {"photo": name, "width": width, "height": height}
     immunized = imuge.immunize(photo)
-    flat = flat_area(photo)
-    record.update(psnr=psnr(photo, immunized), psnr_flat=psnr(photo, immunized, flat),
-                  flat_share=float(flat.mean()),
-                  grid_ratio_cells=block_grid_energy(photo, immunized, max(2, width // 64)))
+    flat = scoring.flat_area(photo)
+    # The cells of the earlier full-size thumbnail corrections: width / 64 px, here rounded
+    # to whole 8 x 8 blocks.
+    cell = max(16, 8 * round(width / 64 / 8))
+    record.update(psnr=scoring.psnr(photo, immunized),
+                  psnr_flat=scoring.l_psnr(photo, immunized, flat),
+                  flat_share=float(flat.mean()), mosaic_ratio=scoring.mosaic_ratio(
+                      photo, immunized, cell), mosaic_cell=cell)
     for label, received in (("untouched", immunized), ("untouched_jpeg90", jpeg(immunized, 90)),
                             ("untouched_jpeg75", jpeg(immunized, 75)), ("never", photo),
                             ("never_jpeg90", jpeg(photo, 90))):
@@ -129,11 +99,12 @@ def evaluate_photo(imuge, name, photo, donor, seed):
         tampered = tamper(kind, immunized, donor, mask, rng)
         for attack, received in (("none", tampered), ("jpeg90", jpeg(tampered, 90))):
             result = imuge.verify(received)
-            record[f"f1_{kind}_{attack}"] = f1(result.mask, mask)
+            record[f"f1_{kind}_{attack}"] = scoring.f1(result.mask, mask)
             record[f"verdict_{kind}_{attack}"] = result.verdict
             recovered = imuge.recover(received, result)
-            record[f"lpsnr_{kind}_{attack}"] = psnr(photo, recovered, mask)
-            record[f"telea_{kind}_{attack}"] = psnr(photo, telea(received, mask), mask)
+            record[f"lpsnr_{kind}_{attack}"] = scoring.l_psnr(photo, recovered, mask)
+            record[f"telea_{kind}_{attack}"] = scoring.l_psnr(
+                photo, telea_inpaint(received, mask), mask)
     return record
 
 
@@ -141,27 +112,37 @@ def timings(imuge, photo, repeats, camera_size=(4000, 3000)):
     from PIL import Image
 
     from imuge_tf import export as ex
-    from imuge_tf.io import cover, write_image
+    from imuge_tf.io import cover, read_image, write_image
 
     width, height = camera_size
     big = cover(photo, height, width)
     out = {"size": f"{width}x{height}"}
     immunized = imuge.immunize(big)  # warm-up: traces the graph for this size
     folder = tempfile.mkdtemp()
-    runs = {"immunize": [], "png1": [], "png6": []}
+    source = os.path.join(folder, "photo.jpg")
+    Image.fromarray(big).save(source, quality=95)
+    runs = {"read_immunize_write": [], "immunize": [], "png": [], "pillow1": [],
+            "pillow6": []}
     sizes = {}
     for index in range(repeats):
         start = time.perf_counter()
+        immunized = imuge.immunize(read_image(source))
+        write_image(os.path.join(folder, f"whole-{index}.png"), immunized)
+        runs["read_immunize_write"].append(time.perf_counter() - start)
+        start = time.perf_counter()
         immunized = imuge.immunize(big)
         runs["immunize"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        write_image(os.path.join(folder, f"level1-{index}.png"), immunized)
-        runs["png1"].append(time.perf_counter() - start)
-        sizes["png1"] = os.path.getsize(os.path.join(folder, f"level1-{index}.png"))
-        start = time.perf_counter()
-        Image.fromarray(immunized).save(os.path.join(folder, "level6.png"), compress_level=6)
-        runs["png6"].append(time.perf_counter() - start)
-        sizes["png6"] = os.path.getsize(os.path.join(folder, "level6.png"))
+        writers = {"png": lambda path, image: write_image(path, image, force=True),
+                   "pillow1": lambda path, image: Image.fromarray(image).save(
+                       path, compress_level=1),
+                   "pillow6": lambda path, image: Image.fromarray(image).save(
+                       path, compress_level=6)}
+        for name, write in writers.items():
+            path = os.path.join(folder, f"{name}.png")
+            start = time.perf_counter()
+            write(path, immunized)
+            runs[name].append(time.perf_counter() - start)
+            sizes[name] = os.path.getsize(path)
     rng = np.random.default_rng(0)
     mask = object_mask(height, width, rng)
     tampered = np.where(mask[:, :, None], 255 - immunized, immunized)
@@ -185,7 +166,7 @@ def timings(imuge, photo, repeats, camera_size=(4000, 3000)):
     out["camera_bytes"] = len(model)
     for key, values in runs.items():
         out[key] = common.spread(values)
-    out["png1_bytes"], out["png6_bytes"] = sizes["png1"], sizes["png6"]
+    out.update({f"{name}_bytes": size for name, size in sizes.items()})
     return out
 
 
@@ -196,17 +177,21 @@ def render(records, timing, data):
              "(`Imuge.immunize` / `verify` / `recover`), Pillow JPEG. "
              f"Measured {common.utc_now()} with `{common.command_line()}`.", ""]
     rows = [[r["photo"], f"{r['width']}x{r['height']}", f"{r['psnr']:.2f}",
-             f"{r['psnr_flat']:.2f}", f"{r['flat_share']:.0%}", f"{r['grid_ratio_cells']:.2f}"]
+             f"{r['psnr_flat']:.2f}", f"{r['flat_share']:.0%}",
+             f"{r['mosaic_ratio']:.2f} ({r['mosaic_cell']} px)"]
             + [f"{r[f'f1_{k}_{a}']:.3f}" for k in TAMPERS for a in ("none", "jpeg90")]
             for r in records]
     rows.append(["mean", "", f"{mean('psnr'):.2f}", f"{mean('psnr_flat'):.2f}", "",
-                 f"{mean('grid_ratio_cells'):.2f}"]
+                 f"{mean('mosaic_ratio'):.2f}"]
                 + [f"{mean(f'f1_{k}_{a}'):.3f}" for k in TAMPERS for a in ("none", "jpeg90")])
     lines.append(common.markdown_table(
-        ["photo", "size", "PSNR dB", "flat PSNR dB", "flat share", "grid ratio"]
+        ["photo", "size", "PSNR dB", "flat PSNR dB", "flat share", "mosaic ratio (cell)"]
         + [f"F1 {k} {a}" for k in TAMPERS for a in ("none", "JPEG 90")], rows))
-    lines += ["", "Grid ratio: the residual's mean step across the lines of the old cell grid "
-              "(width / 64 px) over its mean step elsewhere; 1 means no cell pattern.", ""]
+    lines += ["", "Mosaic ratio (`imuge_tf.scoring.mosaic_ratio`): the residual's step between "
+              "neighbouring 8 x 8-block means across the lines of the earlier thumbnail cells' "
+              "grid (width / 64 px, in whole blocks) over the same step elsewhere; about 1 "
+              "without a cell pattern. Flat: pixels whose 7 x 7 luminance std is below 1.5 "
+              "levels.", ""]
     verdict_keys = ["untouched", "untouched_jpeg90", "untouched_jpeg75", "never", "never_jpeg90"]
     verdict_keys += [f"{k}_{a}" for k in TAMPERS for a in ("none", "jpeg90")]
     rows = []
@@ -224,12 +209,15 @@ def render(records, timing, data):
         ["tamper", "L-PSNR recover (own mask) dB", "L-PSNR Telea (true mask) dB"], rows))
     lines += ["", f"Timings at {timing['size']} (12 MP), {timing['immunize'].count} runs, "
               "medians:", ""]
+    mb = lambda name: f"{timing[name + '_bytes'] / 1e6:.1f} MB"  # noqa: E731
     rows = [
+        ["read JPEG + `Imuge.immunize` + write PNG (`imuge immunize`'s work)",
+         timing["read_immunize_write"].describe(2, "s")],
         ["`Imuge.immunize`", timing["immunize"].describe(2, "s")],
-        ["write PNG, zlib 1 (the CLI's)", f"{timing['png1'].describe(2, 's')}, "
-                                          f"{timing['png1_bytes'] / 1e6:.1f} MB"],
-        ["write PNG, zlib 6", f"{timing['png6'].describe(2, 's')}, "
-                              f"{timing['png6_bytes'] / 1e6:.1f} MB"],
+        ["write PNG (`imuge_tf.io.write_image`: Sub filter, Huffman-only, parallel bands)",
+         f"{timing['png'].describe(2, 's')}, {mb('png')}"],
+        ["Pillow PNG, zlib 1", f"{timing['pillow1'].describe(2, 's')}, {mb('pillow1')}"],
+        ["Pillow PNG, zlib 6", f"{timing['pillow6'].describe(2, 's')}, {mb('pillow6')}"],
         ["`verify` + `recover` (tampered)", timing["verify_recover"].describe(2, "s")],
         ["camera TFLite fp32 (whole immunization)", timing["camera_tflite"].describe(2, "s")],
         ["camera model size", f"{timing['camera_bytes'] / 1e6:.1f} MB"],

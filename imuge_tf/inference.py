@@ -251,8 +251,7 @@ class Imuge:
 
             pipeline = InferencePipeline(
                 self.encoder, self.verifier, self.decoder, image_size=self.image_size,
-                decoder_prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
-                thumbnail_block=self.thumbnail_block, residual_gain=self.residual_gain,
+                decoder_prefill=self.decoder_prefill, residual_gain=self.residual_gain,
                 key=self.key, network_thresholds=self.thresholds)
             photo = tf.TensorSpec([1, None, None, 3], tf.float32)
             mask = tf.TensorSpec([1, None, None, 1], tf.float32)
@@ -270,10 +269,12 @@ class Imuge:
         return self.pipeline.working_size(int(height), int(width))
 
     def residual(self, image) -> np.ndarray:
-        """The encoder's residual for `image`, at the working size (h x w x 3 float32)."""
+        """The encoder's residual for `image` as the pipeline uses it (before any hidden
+        thumbnail's lattice, before `residual_gain`), at the working size (h x w x 3)."""
         photo = check_photo(image)
-        working = self.pipeline.working(_photo_tensor(photo))
-        return np.asarray(self.encoder(working, training=False))[0]
+        pipeline = self.pipeline
+        working = pipeline.working(_photo_tensor(photo))
+        return np.asarray(pipeline.encoder(working, training=False))[0]
 
     def immunize(self, image) -> np.ndarray:
         """The immunized photo, same size as `image` (uint8)."""

@@ -13,6 +13,9 @@ cannot drift apart.
 - **Immunize.** The encoder's residual, upsampled bilinearly (smooth: no cells or tiles) and
   scaled by `residual_gain`, is added at full resolution; then the block mark
   (`models/blockmark.py`) is written into the photo's own 8 x 8 grid and the result rounded.
+  A hidden thumbnail (`models/hiding.py`) is not carried: its lattice lives in working-size
+  cells, which at full size are cells of width / 64 px, so the residual is taken before the
+  encoder's hiding layer and recovery fills the hole without it.
 - **Analyse.** Where the block mark is present (at least MARK_PRESENT of the blocks carry it),
   the tamper map is the mark's absence at native resolution, block by block. Where no block
   carries it (a never-immunized photo, or one resampled or compressed so hard that the 8 x 8
@@ -135,7 +138,7 @@ class InferencePipeline:
     Args:
         encoder, verifier, decoder: the Keras networks (working scale).
         image_size: long side of the working scale.
-        decoder_prefill, thumbnail_step, thumbnail_block: as the model was trained.
+        decoder_prefill: as the model was trained.
         residual_gain: scale of the encoder's residual at full resolution.
         key: the block mark's key (None: the public demo key).
         network_thresholds: verdict thresholds of the learned verifier (imuge.json).
@@ -143,17 +146,16 @@ class InferencePipeline:
     """
 
     def __init__(self, encoder, verifier, decoder, *, image_size, decoder_prefill=False,
-                 thumbnail_step=0.0, thumbnail_block=2, residual_gain=DEFAULT_RESIDUAL_GAIN,
-                 key=None, network_thresholds=None, mark_step=None, mark_coefficients=None):
+                 residual_gain=DEFAULT_RESIDUAL_GAIN, key=None, network_thresholds=None,
+                 mark_step=None, mark_coefficients=None):
         from imuge_tf.models import blockmark
+        from imuge_tf.models.hiding import without_hiding
 
-        self.encoder = encoder
+        self.encoder = without_hiding(encoder)
         self.verifier = verifier
         self.decoder = decoder
         self.image_size = int(image_size)
         self.decoder_prefill = bool(decoder_prefill)
-        self.thumbnail_step = float(thumbnail_step)
-        self.thumbnail_block = int(thumbnail_block)
         self.residual_gain = float(residual_gain)
         self.mark = BlockMark(
             key, step=mark_step or blockmark.DEFAULT_STEP,
@@ -276,10 +278,8 @@ class InferencePipeline:
         from imuge_tf.models.imuge import recover_working_size
 
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
-        recovered = recover_working_size(
-            self.decoder, self.working(levels), self.decoder_mask(mask),
-            prefill=self.decoder_prefill, thumbnail_step=self.thumbnail_step,
-            thumbnail_block=self.thumbnail_block)
+        recovered = recover_working_size(self.decoder, self.working(levels),
+                                         self.decoder_mask(mask), prefill=self.decoder_prefill)
         recovered = tf.round(tf.clip_by_value(full_view(recovered, height, width), 0.0, 1.0)
                              * 255.0)
         return tf.where(mask > 0.5, recovered, levels)

@@ -178,3 +178,33 @@ def auc(probability, true_mask) -> float:
     ranks = _average_ranks(scores)
     u = ranks[positive].sum() - n_positive * (n_positive + 1) / 2.0
     return float(u / (n_positive * n_negative))
+
+
+def flat_area(image, window: int = 7, below: float = 1.5) -> np.ndarray:
+    """H x W bool: pixels whose `window` x `window` luminance standard deviation is below
+    `below` 8-bit levels (sky, walls, studio backdrops: where a pattern shows first)."""
+    from scipy import ndimage
+
+    levels = to_unit_float(image) * 255.0
+    luminance = levels[..., :3] @ np.array([0.299, 0.587, 0.114]) if levels.ndim == 3 else levels
+    mean = ndimage.uniform_filter(luminance, window)
+    variance = ndimage.uniform_filter(luminance**2, window) - mean**2
+    return np.sqrt(np.maximum(variance, 0.0)) < below
+
+
+def mosaic_ratio(original, immunized, cell: int) -> float:
+    """How much the residual `immunized - original` steps on the lines of a `cell`-px grid
+    (`cell` a multiple of 8): the mean step between neighbouring 8 x 8-block means across the
+    grid's lines over the same step elsewhere. About 1 without a cell pattern; far above 1
+    for a mosaic of cells (8 x 8-block means leave out patterns within a block, such as the
+    block mark's, which has no block mean)."""
+    if cell < 16 or cell % 8:
+        raise ValueError(f"cell must be a multiple of 8 of at least 16 px, got {cell}")
+    original, immunized = _pair(original, immunized)
+    residual = (immunized - original).reshape(*original.shape[:2], -1).mean(axis=2)
+    rows, columns = residual.shape[0] // 8, residual.shape[1] // 8
+    means = residual[:rows * 8, :columns * 8].reshape(rows, 8, columns, 8).mean(axis=(1, 3))
+    steps = np.abs(np.diff(means, axis=1))
+    on_grid = np.zeros(steps.shape[1], bool)
+    on_grid[cell // 8 - 1::cell // 8] = True
+    return float(steps[:, on_grid].mean() / max(steps[:, ~on_grid].mean(), 1e-12))

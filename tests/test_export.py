@@ -140,7 +140,8 @@ def test_tflite_residuals_match_keras(exported, imuge):
     _, report, out = exported
     tflite = report["manifest"]["encoder"]["tflite"]
     images = working_images(imuge)
-    expected = np.concatenate([np.asarray(imuge.encoder(x, training=False)) for x in images])
+    expected = np.concatenate([np.asarray(imuge.pipeline.encoder(x, training=False))
+                               for x in images])
     # A residual of a few levels, so "a few levels" of error would be visible.
     assert 1.0 < np.sqrt(np.mean((expected * 255) ** 2)) < 20.0
     for variant, tolerance in (("fp32", 3e-5), ("fp16", 2 / 255), ("dynamic", 4 / 255)):
@@ -208,14 +209,6 @@ def test_parity_gate_rejects_a_residual_eraser():
     ok, reason = ex.residual_gate("fp32", {"max_levels": 0.5, "rms_levels": 0.1,
                                            "p99_levels": 0.0, "residual_rms_levels": 3.0})
     assert not ok and "broken conversion" in reason
-    # With a hidden thumbnail a few cells may sit on the neighbouring lattice point: the
-    # 99th percentile decides, so rare flips pass and a conversion off everywhere does not.
-    flips = {"max_levels": 7.0, "rms_levels": 0.07, "p99_levels": 0.0,
-             "residual_rms_levels": 4.8}
-    assert ex.residual_gate("fp32", flips, hidden_thumbnail=True)[0]
-    assert not ex.residual_gate("fp32", flips)[0]
-    off_everywhere = {**flips, "p99_levels": 0.4}
-    assert not ex.residual_gate("fp32", off_everywhere, hidden_thumbnail=True)[0]
 
 
 def test_camera_parity_gate_counts_pixels_beyond_one_level(imuge, photos):

@@ -1,5 +1,6 @@
 """Reading and writing image files: strict decoding, format conversions, atomic lossless writes."""
 
+import io
 import json
 import os
 import struct
@@ -290,3 +291,33 @@ def test_mask_image_and_overlay():
     np.testing.assert_array_equal(overlay(image, np.zeros((64, 80), bool)), image)
     with pytest.raises(ValueError, match="does not match"):
         overlay(image, np.zeros((10, 10), bool))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (37, 53), (1, 40, 3), (40, 1, 3), (61, 47, 3),
+                                   (33, 65, 4), (20, 30, 1)])
+def test_encode_png_round_trips_through_pillow_and_libpng(shape):
+    import tensorflow as tf
+
+    from imuge_tf.io import encode_png
+
+    array = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = encode_png(array)
+    with Image.open(io.BytesIO(data)) as decoded:
+        decoded.load()
+        back = np.asarray(decoded)
+    expected = array[..., 0] if array.ndim == 3 and array.shape[2] == 1 else array
+    np.testing.assert_array_equal(back, expected)
+    channels = 1 if array.ndim == 2 else array.shape[2]
+    by_libpng = tf.io.decode_png(data, channels=channels).numpy()
+    np.testing.assert_array_equal(by_libpng.reshape(expected.shape), expected)
+
+
+def test_encode_png_compresses_a_photo_and_refuses_other_arrays(photos):
+    from imuge_tf.io import encode_png
+
+    photo = photos["astronaut"]
+    assert len(encode_png(photo)) < 0.8 * photo.nbytes
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(photo.astype(np.float32))
+    with pytest.raises(ValueError, match="channels"):
+        encode_png(photo[:, :, :2])

@@ -8,6 +8,7 @@ from imuge_tf import export as ex
 from imuge_tf.inference import Imuge
 from imuge_tf.io import cover
 from imuge_tf.pipeline import working_size, working_view
+from imuge_tf.scoring import mosaic_ratio
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +39,6 @@ def test_working_view_averages_boxes():
     # Half the size of a 2 x 2 box average, then bilinear by exactly 2: a 2 x 2 mean of it.
     assert abs(view.mean() - boxes.mean()) < 1e-3
     assert np.abs(view - boxes).mean() < 0.15
-
-
-def mosaic_ratio(original, immunized, cell):
-    """The residual's mean step between neighbouring 8 x 8-block means on the lines of a
-    `cell`-px grid, over the same elsewhere: about 1 without a cell pattern."""
-    residual = immunized.astype(np.float64).mean(axis=2) - original.astype(np.float64).mean(2)
-    rows, columns = residual.shape[0] // 8, residual.shape[1] // 8
-    means = residual[:rows * 8, :columns * 8].reshape(rows, 8, columns, 8).mean(axis=(1, 3))
-    steps = np.abs(np.diff(means, axis=1))
-    on_grid = np.zeros(steps.shape[1], bool)
-    on_grid[cell // 8 - 1::cell // 8] = True
-    return steps[:, on_grid].mean() / steps[:, ~on_grid].mean()
 
 
 def test_immunized_non_square_photo_has_no_cell_pattern(imuge, photos):
