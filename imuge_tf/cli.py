@@ -625,9 +625,8 @@ def run_export(args) -> int:
     if "camera" in manifest:
         camera = manifest["camera"]
         lines.append(f"  camera TFLite (whole immunization, uint8 in and out): {camera['file']} "
-                     f"({camera['bytes']:,} bytes; "
-                     f"{camera['parity']['within_one_level_share']:.3%} of pixels within 1 "
-                     "level of Imuge.immunize)")
+                     f"({camera['bytes']:,} bytes; within {camera['parity']['max_levels']} "
+                     "level(s) of Imuge.immunize)")
     serving = manifest["serving"]
     lines.append(f"  TF Serving model: {serving['version_dir']} (signatures "
                  f"{', '.join(serving['signatures'])}); serving/models.config, "

@@ -80,10 +80,13 @@ def test_facade_serving_model_and_camera_agree(imuge, photos, tmp_path):
     assert all(not op.startswith("Flex") for op in ex.tflite_ops(model))
     camera = ex.TFLiteCamera(model)
     got = camera(photo).astype(int)
-    assert np.mean(np.abs(got - immunized) <= 1) >= ex.CAMERA_MIN_SHARE
+    assert np.abs(got - immunized).max() <= 1
     loaded = tf.saved_model.load(saved)
     from_saved = loaded.signatures["serving_default"](photo=tf.constant(photo[None]))
-    np.testing.assert_array_equal(from_saved["immunized"].numpy()[0], immunized)
+    from_saved = from_saved["immunized"].numpy()[0].astype(int)
+    # The same graph: at most the final rounding of a float sum differs.
+    assert np.abs(from_saved - immunized).max() <= 1
+    assert np.mean(from_saved == immunized) > 0.999
 
     tampered = immunized.copy()
     tampered[30:90, 41:121] = 255 - tampered[30:90, 41:121]

@@ -32,7 +32,15 @@ BLOCK = 8
 # Zig-zag positions (row, column) of the marked coefficients: the lowest AC frequencies, which
 # JPEG quantizes most finely and which survive downscaling best.
 DEFAULT_COEFFICIENTS = ((0, 1), (1, 0), (2, 0), (1, 1))
-DEFAULT_STEP = 12.0  # lattice spacing in orthonormal DCT units of 8-bit levels
+# Lattice spacing in orthonormal DCT units of 8-bit levels: a power of two, so that dividing by
+# it is exact (see DYADIC_BITS).
+DEFAULT_STEP = 16.0
+# The kernel's weights and the offsets are multiples of 2^-DYADIC_BITS. A block's coefficient
+# of a photo in whole levels is then a sum of exactly representable products whose partial
+# sums stay exact in float32 in any order of summation, so every runtime (TensorFlow, TFLite
+# with XNNPACK, a camera's) picks the same lattice point; offsets are odd multiples of
+# 2^-(DYADIC_BITS + 1), so no coefficient lies exactly between two lattice points.
+DYADIC_BITS = 12
 TILE_BLOCKS = 128  # the offset tile repeats every 1,024 pixels
 PUBLIC_KEY = b"imuge-tf public demo key"
 # Base pixels are kept this many levels inside [0, 255] so that the mark is never clipped
@@ -68,7 +76,8 @@ def offset_tile(key, count: int, step: float = DEFAULT_STEP) -> np.ndarray:
     digest = hashlib.sha256(b"imuge-tf block mark\0" + key_bytes(key)).digest()
     generator = np.random.default_rng(np.frombuffer(digest, dtype=np.uint64))
     uniform = generator.random((TILE_BLOCKS, TILE_BLOCKS, count))
-    return (uniform * step).astype(np.float32)
+    unit = 2.0**-DYADIC_BITS
+    return ((np.floor(uniform * step / unit) + 0.5) * unit).astype(np.float32)
 
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # JPEG's: R, G, B -> Y
@@ -113,8 +122,9 @@ class BlockMark:
         # luminance DCT coefficients of every whole block straight from R, G, B, in one op
         # that every runtime accelerates (a channel sum and a block reshape cost TFLite far
         # more). A change added equally to R, G and B moves the luminance 1:1.
-        self.kernel = (self.basis.reshape(BLOCK, BLOCK, 1, -1)
-                       * LUMA[None, None, :, None]).astype(np.float32)
+        unit = 2.0**-DYADIC_BITS
+        kernel = self.basis.reshape(BLOCK, BLOCK, 1, -1) * LUMA[None, None, :, None]
+        self.kernel = (np.round(kernel / unit) * unit).astype(np.float32)
         self.tile = offset_tile(key, len(self.coefficients), self.step)
 
     def _coefficients(self, levels):
