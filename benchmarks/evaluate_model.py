@@ -1,6 +1,6 @@
 """A trained model on held-out photos with the paper's protocol, next to the paper's Table 1.
 
-    python benchmarks/evaluate_model.py --data HELDOUT_DIR [--model PATH] [--out DIR]
+    python benchmarks/evaluate_model.py --data HELDOUT_DIR [--model PATH] [--out DIR] [--size S]
 
 Runs `imuge_tf.evaluation.run_evaluation` (real codecs; the same as `imuge evaluate`) on
 photos the model never saw, prints the full table, and writes the `model_evaluation` section of
@@ -50,6 +50,11 @@ def digits_for(key):
                         "flagged_never_immunized") else 2
 
 
+def size_label(settings):
+    size = settings.get("image_size")
+    return "at their own size" if size == "native" else f"as centred {size} px squares"
+
+
 def report(summary, model_path, data):
     table1 = summary["table1"]
     attacks = [a for a in PAPER_COLUMNS if a in table1]
@@ -61,8 +66,8 @@ def report(summary, model_path, data):
                 fmt(PAPER_TABLE1[key][PAPER_COLUMNS.index(a)], digits_for(key))
                 for a in attacks])
     lines = [
-        f"Model `{model_path}` on {summary['photos']} held-out photo(s) from `{data}` at "
-        f"{summary['settings'].get('image_size')} px; {utc_now()}; "
+        f"Model `{model_path}` on {summary['photos']} held-out photo(s) from `{data}` "
+        f"{size_label(summary['settings'])}; {utc_now()}; "
         f"{machine_facts().get('cpu', '')}. Command: `{command_line()}`.",
         "",
         f"Immunization: PSNR(I, I_M) **{fmt(summary['immunization']['psnr_immunized'])} dB**, "
@@ -71,7 +76,8 @@ def report(summary, model_path, data):
         "Table 1 (donor tamper of RST 10-30 %, then the column's real attack; means over "
         "photos). The paper's rows (in italics) come from 134 photos with human-made tampers "
         "at 256 px after full training, so they are a reference, not a like-for-like "
-        "comparison. L-PSNR is inside the true tampered area; the paper's PSNR/SSIM are of the "
+        "comparison. Crops count their black border as tampered. L-PSNR is inside the true "
+        "tampered area; the paper's PSNR/SSIM are of the "
         "recovered image.",
         "",
         markdown_table(["metric"] + attacks, rows),
@@ -119,6 +125,8 @@ def main(argv=None):
     parser.add_argument("--out", default="runs/eval-model", help="evaluation outputs")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=None,
+                        help="centred S x S squares instead of whole photos at their own size")
     parser.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = parser.parse_args(argv)
 
@@ -128,7 +136,8 @@ def main(argv=None):
     model_path = args.model or PRETRAINED_DIR
     imuge = Imuge.load(model_path)
     log(f"evaluating {model_path} on {args.data}")
-    summary = run_evaluation(imuge, args.data, args.out, limit=args.limit, seed=args.seed)
+    summary = run_evaluation(imuge, args.data, args.out, limit=args.limit, seed=args.seed,
+                             size=args.size)
     print(format_table(summary))
     shown = os.path.relpath(model_path) if args.model else "imuge_tf/pretrained"
     body = report(summary, shown, args.data)

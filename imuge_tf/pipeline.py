@@ -13,9 +13,10 @@ cannot drift apart.
 - **Immunize.** The encoder's residual, upsampled bilinearly (smooth: no cells or tiles) and
   scaled by `residual_gain`, is added at full resolution; then the block mark
   (`models/blockmark.py`) is written into the photo's own 8 x 8 grid and the result rounded.
-  A hidden thumbnail (`models/hiding.py`) is not carried: its lattice lives in working-size
-  cells, which at full size are cells of width / 64 px, so the residual is taken before the
-  encoder's hiding layer and recovery fills the hole without it.
+  The encoder's fixed layers are left out (`learned_residual`): the carrier pattern and the
+  hidden thumbnail's lattice (`models/carrier.py`, `models/hiding.py`) live in cells of 2
+  working pixels, which at full size are visible cells of width / 64 px (BENCHMARKS.md,
+  `native_quality`, measured both); recovery fills the hole without the thumbnail.
 - **Analyse.** Where the block mark is present (at least MARK_PRESENT of the blocks carry it),
   the tamper map is the mark's absence at native resolution, block by block. Where no block
   carries it (a never-immunized photo, or one resampled or compressed so hard that the 8 x 8
@@ -29,6 +30,8 @@ cannot drift apart.
 import tensorflow as tf
 
 from imuge_tf.models.blockmark import BLOCK, BlockMark
+from imuge_tf.models.carrier import CarrierEmbedding
+from imuge_tf.models.hiding import ThumbnailHiding
 
 VERDICTS = ("intact", "tampered", "not_immunized")
 FLAG_PROBABILITY = 0.5
@@ -55,6 +58,24 @@ MARK_PRESENT = 0.05
 # immunized photo flags none, a never-immunized one all of it.
 MARK_THRESHOLDS = {"intact_max_fraction": 0.002, "not_immunized_min_fraction": 0.9}
 DEFAULT_RESIDUAL_GAIN = 1.0
+
+
+def learned_residual(encoder):
+    """The encoder's learned residual: the model up to its fixed carrier (`CarrierEmbedding`)
+    or hidden-thumbnail (`ThumbnailHiding`) layer, sharing its weights; the encoder itself
+    when it has neither."""
+    import keras
+
+    layers = getattr(encoder, "layers", None) or []
+    carriers = [layer for layer in layers if isinstance(layer, CarrierEmbedding)]
+    hidings = [layer for layer in layers if isinstance(layer, ThumbnailHiding)]
+    if carriers:
+        output = carriers[-1].input
+    elif hidings:
+        output = hidings[-1].input[1]
+    else:
+        return encoder
+    return keras.Model(encoder.inputs, output, name=f"{encoder.name}_learned")
 
 
 def working_size(height, width, long_side):
@@ -149,9 +170,8 @@ class InferencePipeline:
                  residual_gain=DEFAULT_RESIDUAL_GAIN, key=None, network_thresholds=None,
                  mark_step=None, mark_coefficients=None):
         from imuge_tf.models import blockmark
-        from imuge_tf.models.hiding import without_hiding
 
-        self.encoder = without_hiding(encoder)
+        self.encoder = learned_residual(encoder)
         self.verifier = verifier
         self.decoder = decoder
         self.image_size = int(image_size)

@@ -212,12 +212,3 @@ class ThumbnailHiding(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "step": self.step, "block": self.block}
-
-
-def without_hiding(encoder):
-    """The encoder up to, not including, a final `ThumbnailHiding` layer (sharing its
-    weights), or the encoder itself when it has none: its residual without the lattice."""
-    layers = getattr(encoder, "layers", None)
-    if not layers or not isinstance(layers[-1], ThumbnailHiding):
-        return encoder
-    return keras.Model(encoder.inputs, layers[-1].input[1], name=f"{encoder.name}_residual")
