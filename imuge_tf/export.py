@@ -436,7 +436,8 @@ class _ServingGraph:
         tampered = tf.equal(found["verdict"], 1)
         # Only a tampered photo is changed, and only inside the grown mask (Imuge.recover).
         recovered = tf.cond(
-            tampered, lambda: self.pipeline.recover(levels, self.pipeline.recovery_mask(mask)),
+            tampered,
+            lambda: self.pipeline.recover(levels, self.pipeline.recovery_mask(mask), mask),
             lambda: levels)
         thresholds = tf.gather(tf.constant(self.thresholds, tf.float32), found["evidence"])
         return found, recovered, thresholds
@@ -510,6 +511,8 @@ def save_serving_model(imuge, version_dir: str) -> str:
     archive = keras.export.ExportArchive()
     archive.track(imuge.verifier)
     archive.track(imuge.decoder)
+    if imuge.refiner is not None:
+        archive.track(imuge.refiner)
     archive.add_endpoint("serving_default", graph.serve_bytes,
                          input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     archive.add_endpoint(

@@ -34,14 +34,14 @@ CALIBRATION_ATTACKS = ("none", "jpeg90", "jpeg50", "resize50", "blur", "noise")
 HALF_SUFFIX = ".f16.npz"  # weights stored in float16 (the shipped model, to halve its size)
 
 
-def _load_half(name, path, metadata):
-    """A network rebuilt from the stored config, with its float16-stored weights (keyed by
-    variable path) as float32."""
+def _load_half(name, path, metadata, network=None):
+    """A network rebuilt from the stored config (or `network`, built by the caller), with its
+    float16-stored weights (keyed by variable path) as float32."""
     from imuge_tf.config import config_from_dict
     from imuge_tf.models import factory
 
-    config = config_from_dict(metadata["config"])
-    network = getattr(factory, f"build_{name}")(config)
+    if network is None:
+        network = getattr(factory, f"build_{name}")(config_from_dict(metadata["config"]))
     with np.load(path) as stored:
         stored_names = set(stored.files)
         expected = {variable.path for variable in network.weights}
@@ -149,12 +149,13 @@ class Imuge:
 
     def __init__(self, encoder, verifier, decoder, image_size, *, decoder_prefill=False,
                  thumbnail_step=0.0, thumbnail_block=2, thresholds=None, metadata=None,
-                 source=None, residual_gain=None, key=None):
+                 source=None, residual_gain=None, key=None, refiner=None):
         from imuge_tf.pipeline import DEFAULT_RESIDUAL_GAIN
 
         self.encoder = encoder
         self.verifier = verifier
         self.decoder = decoder
+        self.refiner = refiner
         self.image_size = int(image_size)
         self.decoder_prefill = bool(decoder_prefill)
         self.thumbnail_step = float(thumbnail_step)
@@ -214,6 +215,19 @@ class Imuge:
                 networks[name] = _load_half(name, network_path, metadata)
             else:
                 networks[name] = keras.saving.load_model(network_path, compile=False)
+        refiner_file = metadata.get("networks", {}).get("refiner")
+        if refiner_file:
+            from imuge_tf.models.unet import UNet
+
+            refiner_path = os.path.join(folder, refiner_file)
+            if not os.path.isfile(refiner_path):
+                raise ModelNotFoundError(f"missing {refiner_path}")
+            refiner_config = metadata.get("refiner", {}).get("config")
+            if not isinstance(refiner_config, dict):
+                raise ModelNotFoundError(f"{folder}/imuge.json names a refiner but not its "
+                                         "config ('refiner': {'config': ...})")
+            networks["refiner"] = _load_half("refiner", refiner_path, metadata,
+                                             UNet.from_config(refiner_config))
         model_config = metadata.get("config", {}).get("model", {})
         return cls(**networks, image_size=metadata["image_size"],
                    decoder_prefill=model_config.get("decoder_prefill", False),
@@ -252,14 +266,14 @@ class Imuge:
             pipeline = InferencePipeline(
                 self.encoder, self.verifier, self.decoder, image_size=self.image_size,
                 decoder_prefill=self.decoder_prefill, residual_gain=self.residual_gain,
-                key=self.key, network_thresholds=self.thresholds)
+                key=self.key, network_thresholds=self.thresholds, refiner=self.refiner)
             photo = tf.TensorSpec([1, None, None, 3], tf.float32)
             mask = tf.TensorSpec([1, None, None, 1], tf.float32)
             self._graphs = (
                 pipeline,
                 tf.function(pipeline.immunize, input_signature=[photo]),
                 tf.function(pipeline.analyse, input_signature=[photo]),
-                tf.function(pipeline.recover, input_signature=[photo, mask]),
+                tf.function(pipeline.recover, input_signature=[photo, mask, mask]),
                 tf.function(pipeline.recovery_mask, input_signature=[mask]),
             )
         return self._graphs
@@ -318,7 +332,7 @@ class Imuge:
             result = self.verify(photo)
         if result.verdict != "tampered":
             return photo.copy()
-        return self.recover_with_mask(photo, self.recovery_mask(result.mask))
+        return self._recover(photo, self.recovery_mask(result.mask), result.mask)
 
     def recovery_mask(self, mask) -> np.ndarray:
         """The area `recover` redraws: `mask` (H x W bool) grown by RECOVERY_MARGIN
@@ -337,8 +351,12 @@ class Imuge:
                              f"{photo.shape[:2]}")
         if not mask.any():
             return photo.copy()
+        return self._recover(photo, mask, mask)
+
+    def _recover(self, photo, mask, tampered):
         recovered = self._compiled()[3](_photo_tensor(photo),
-                                        np.asarray(mask, np.float32)[None, :, :, None])
+                                        np.asarray(mask, np.float32)[None, :, :, None],
+                                        np.asarray(tampered, np.float32)[None, :, :, None])
         return np.asarray(recovered, dtype=np.float32)[0].astype(np.uint8)
 
 

@@ -32,6 +32,7 @@ import tensorflow as tf
 from imuge_tf.models.blockmark import BLOCK, BlockMark
 from imuge_tf.models.carrier import CarrierEmbedding
 from imuge_tf.models.hiding import ThumbnailHiding
+from imuge_tf.models.reference import SelfReference
 
 VERDICTS = ("intact", "tampered", "not_immunized")
 FLAG_PROBABILITY = 0.5
@@ -164,22 +165,26 @@ class InferencePipeline:
         key: the block mark's key (None: the public demo key).
         network_thresholds: verdict thresholds of the learned verifier (imuge.json).
         mark_step, mark_coefficients: the block mark's lattice (models/blockmark.py).
+        refiner: the reference refiner (models/refiner.py), or None to use the decoded
+            reference as it is.
     """
 
     def __init__(self, encoder, verifier, decoder, *, image_size, decoder_prefill=False,
                  residual_gain=DEFAULT_RESIDUAL_GAIN, key=None, network_thresholds=None,
-                 mark_step=None, mark_coefficients=None):
+                 mark_step=None, mark_coefficients=None, refiner=None):
         from imuge_tf.models import blockmark
 
         self.encoder = learned_residual(encoder)
         self.verifier = verifier
         self.decoder = decoder
+        self.refiner = refiner
         self.image_size = int(image_size)
         self.decoder_prefill = bool(decoder_prefill)
         self.residual_gain = float(residual_gain)
         self.mark = BlockMark(
             key, step=mark_step or blockmark.DEFAULT_STEP,
             coefficients=mark_coefficients or blockmark.DEFAULT_COEFFICIENTS)
+        self.reference = SelfReference(key)
         self.network_thresholds = dict(network_thresholds or {})
 
     # ------------------------------------------------------------------------------ pieces
@@ -197,7 +202,8 @@ class InferencePipeline:
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         residual = self.encoder(self.working(levels), training=False)
         residual = full_view(residual, height, width) * (255.0 * self.residual_gain)
-        return self.mark.embed(levels, residual)
+        bits, present = self.reference.payload(levels)
+        return self.mark.embed(levels, residual, bits, present)
 
     # ----------------------------------------------------------------------------- analyse
     def mark_probability(self, levels):
@@ -292,14 +298,34 @@ class InferencePipeline:
         grown = grow_mask(self.decoder_mask(mask), RECOVERY_MARGIN)
         return tf.maximum(mask, tf.cast(full_view(grown, height, width) >= 0.5, tf.float32))
 
-    def recover(self, levels, mask):
+    def recover(self, levels, mask, tampered=None):
         """[1, H, W, 3] levels and a [1, H, W, 1] 0/1 mask -> the photo with the content
-        inside the mask reconstructed (whole levels; pixels outside the mask unchanged)."""
+        inside the mask reconstructed (whole levels; pixels outside the mask unchanged).
+
+        `tampered` ([1, H, W, 1], default `mask`) is what the verifier found: the reference is
+        read from the blocks outside it, while `mask` (`recovery_mask` of it) is redrawn."""
         from imuge_tf.models.imuge import recover_working_size
 
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
-        recovered = recover_working_size(self.decoder, self.working(levels),
-                                         self.decoder_mask(mask), prefill=self.decoder_prefill)
-        recovered = tf.round(tf.clip_by_value(full_view(recovered, height, width), 0.0, 1.0)
-                             * 255.0)
+        network = recover_working_size(self.decoder, self.working(levels),
+                                       self.decoder_mask(mask), prefill=self.decoder_prefill)
+        network = tf.clip_by_value(full_view(network, height, width), 0.0, 1.0) * 255.0
+        reference, decoded, _, _ = self.read_reference(
+            levels, mask if tampered is None else tampered)
+        if self.refiner is not None:
+            from imuge_tf.models.refiner import refine
+
+            reference = refine(self.refiner, levels, mask, reference)
+        recovered = tf.round(tf.where(decoded > 0.5, reference, network))
         return tf.where(mask > 0.5, recovered, levels)
+
+    def read_reference(self, levels, mask):
+        """The self-embedded reference of a received photo, read from the blocks outside
+        `mask` ([1, H, W, 1] 0/1): (reference [1, H, W, 3] levels, decoded [1, H, W, 1],
+        copies per cell [1, R, C, 1], records); see `SelfReference.read`."""
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
+        agreement, _ = self.mark.read(levels)
+        # A block next to a tampered one may hold part of the tamper that the mask missed.
+        blocked = tf.nn.max_pool2d(tf.nn.max_pool2d(mask, BLOCK, BLOCK, "VALID"), 3, 1, "SAME")
+        return self.reference.read(self.mark.read_data(levels), 1.0 - blocked, agreement,
+                                   height, width)

@@ -19,6 +19,12 @@ the sense of SARI (Lin & Chang): coefficient `c` becomes the nearest `step * n +
 - **Keyed.** The offsets come from SHA-256 of the key, in a tile of `TILE_BLOCKS` x
   `TILE_BLOCKS` blocks repeated over the photo; without the key the lattice is unknown.
 
+- **Data.** Four more coefficients carry bits, one per coefficient (binary dither modulation:
+  bit 1 moves the lattice by half a step). The self-embedded reference (`models/reference.py`)
+  travels in them. Their lattice is coarser (DATA_STEP) than the mark's, so the bits come back
+  after JPEG down to quality 70; the kernel is scaled so that the lattice is again a power of two
+  in its own units.
+
 Every function is pure tensor code (reshape, matmul, round, tile), so the camera's TFLite graph,
 the TF Serving graph and the Python facade run the same operations.
 """
@@ -41,6 +47,13 @@ DEFAULT_STEP = 16.0
 # with XNNPACK, a camera's) picks the same lattice point; offsets are odd multiples of
 # 2^-(DYADIC_BITS + 1), so no coefficient lies exactly between two lattice points.
 DYADIC_BITS = 12
+# Zig-zag neighbours of the marked ones, and their lattice spacing in DCT units: a bit is read
+# right while a later JPEG moves the coefficient by less than DATA_STEP / 4.
+DATA_COEFFICIENTS = ((0, 2), (2, 1), (1, 2), (3, 0))
+DATA_STEP = 24.0
+# The data kernel is scaled by DATA_LATTICE / DATA_STEP, so that in its units the lattice
+# spacing is this power of two and the lattice arithmetic is exact, as for the mark.
+DATA_LATTICE = 16.0
 TILE_BLOCKS = 128  # the offset tile repeats every 1,024 pixels
 PUBLIC_KEY = b"imuge-tf public demo key"
 # Base pixels are kept this many levels inside [0, 255] so that the mark is never clipped
@@ -71,10 +84,16 @@ def key_bytes(key) -> bytes:
     return bytes(key)
 
 
-def offset_tile(key, count: int, step: float = DEFAULT_STEP) -> np.ndarray:
+def keyed_generator(key, purpose: bytes) -> np.random.Generator:
+    """A NumPy generator seeded by SHA-256 of the key, one stream per purpose."""
+    digest = hashlib.sha256(purpose + b"\0" + key_bytes(key)).digest()
+    return np.random.default_rng(np.frombuffer(digest, dtype=np.uint64))
+
+
+def offset_tile(key, count: int, step: float = DEFAULT_STEP,
+                purpose: bytes = b"imuge-tf block mark") -> np.ndarray:
     """[TILE_BLOCKS, TILE_BLOCKS, count] keyed lattice offsets in [0, step)."""
-    digest = hashlib.sha256(b"imuge-tf block mark\0" + key_bytes(key)).digest()
-    generator = np.random.default_rng(np.frombuffer(digest, dtype=np.uint64))
+    generator = keyed_generator(key, purpose)
     uniform = generator.random((TILE_BLOCKS, TILE_BLOCKS, count))
     unit = 2.0**-DYADIC_BITS
     return ((np.floor(uniform * step / unit) + 0.5) * unit).astype(np.float32)
@@ -126,16 +145,44 @@ class BlockMark:
         kernel = self.basis.reshape(BLOCK, BLOCK, 1, -1) * LUMA[None, None, :, None]
         self.kernel = (np.round(kernel / unit) * unit).astype(np.float32)
         self.tile = offset_tile(key, len(self.coefficients), self.step)
+        self.data_basis = dct_basis(DATA_COEFFICIENTS)
+        self.data_gain = DATA_LATTICE / DATA_STEP
+        kernel = (self.data_basis.reshape(BLOCK, BLOCK, 1, -1) * LUMA[None, None, :, None]
+                  * self.data_gain)
+        self.data_kernel = (np.round(kernel / unit) * unit).astype(np.float32)
+        self.data_tile = offset_tile(key, len(DATA_COEFFICIENTS), DATA_LATTICE,
+                                     purpose=b"imuge-tf block data")
 
-    def _coefficients(self, levels):
+    @property
+    def data_bits(self) -> int:
+        """Bits carried by each whole block."""
+        return len(DATA_COEFFICIENTS)
+
+    def _coefficients(self, levels, kernel=None):
         """[B, H, W, 3] levels -> [B, H // 8, W // 8, k] luminance coefficients of the whole
         blocks (the stride-8 "valid" convolution drops the partial ones)."""
-        return keras.ops.conv(levels, keras.ops.convert_to_tensor(self.kernel), strides=BLOCK,
+        kernel = self.kernel if kernel is None else kernel
+        return keras.ops.conv(levels, keras.ops.convert_to_tensor(kernel), strides=BLOCK,
                               padding="valid")
 
-    def embed(self, levels, addition=None):
+    def _data_targets(self, photo, base, bits, present):
+        """The change of the data coefficients of `base` (in DCT units) that writes `bits`
+        ([B, rows, cols, 4] 0/1) into the blocks where `present` is 1; lattice points are
+        picked on `photo`, as for the mark."""
+        rows, columns = keras.ops.shape(bits)[1], keras.ops.shape(bits)[2]
+        offsets = _offsets(self.data_tile, rows, columns) + bits * (DATA_LATTICE / 2.0)
+        index = keras.ops.round((self._coefficients(photo, self.data_kernel) - offsets)
+                                / DATA_LATTICE)
+        target = DATA_LATTICE * index + offsets
+        change = (target - self._coefficients(base, self.data_kernel)) * present
+        return change / self.data_gain
+
+    def embed(self, levels, addition=None, bits=None, present=None):
         """[B, H, W, 3] float 8-bit levels (+ `addition`, e.g. the encoder's residual in
         levels) -> the same with the mark, rounded to 8 bits.
+
+        `bits` ([B, H // 8, W // 8, data_bits] 0/1) are written into the data coefficients of
+        the blocks where `present` ([B, H // 8, W // 8, 1]) is 1; the other blocks keep theirs.
 
         Pixels are first kept HEADROOM levels inside [0, 255]; the change is added equally to
         R, G and B. Blocks cut by the right or bottom edge are left unmarked. Which lattice
@@ -153,6 +200,11 @@ class BlockMark:
         coefficients = self._coefficients(base)
         change = keras.ops.matmul(target - coefficients,
                                   keras.ops.convert_to_tensor(self.basis.T))
+        if bits is not None:
+            present = keras.ops.ones_like(bits[..., :1]) if present is None else present
+            change = change + keras.ops.matmul(
+                self._data_targets(photo, base, bits, present),
+                keras.ops.convert_to_tensor(self.data_basis.T))
         change = _unblocks(change, rows, columns, height, width)
         return keras.ops.clip(keras.ops.round(base + change[..., None]), 0.0, 255.0)
 
@@ -172,3 +224,11 @@ class BlockMark:
         agreement = keras.ops.mean(1.0 - 4.0 * distance, axis=-1, keepdims=True)
         largest = keras.ops.max(keras.ops.abs(coefficients), axis=-1, keepdims=True)
         return agreement, keras.ops.cast(largest < FLAT_COEFFICIENT, agreement.dtype)
+
+    def read_data(self, levels):
+        """[B, H, W, 3] levels -> [B, H // 8, W // 8, data_bits] soft bits in [-1, 1]: +1 reads
+        as 0, -1 as 1, and the magnitude is the confidence (about 0 on unmarked content)."""
+        _, _, rows, columns = _grid(levels)
+        coefficients = self._coefficients(levels, self.data_kernel)
+        phase = (coefficients - _offsets(self.data_tile, rows, columns)) / DATA_LATTICE
+        return keras.ops.cos(2.0 * np.pi * phase)

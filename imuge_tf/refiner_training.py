@@ -1,0 +1,135 @@
+"""Training of the reference refiner (`models/refiner.py`) on a folder of photos.
+
+    python -m imuge_tf.refiner_training --data DIR --out MODEL_DIR [--minutes 20]
+
+Each example is a random crop of a photo at its own resolution: its self-embedded reference as
+an untouched copy reads it back (`SelfReference.expected`), an object-shaped tamper mask, and the
+photo outside the mask, sometimes after a real JPEG round trip, all brought to the refiner's
+scale. The trained network is written as `refiner.f16.npz` into MODEL_DIR (a folder with an
+`imuge.json`, such as the shipped model), and `imuge.json` names it, so `Imuge.load` picks it up.
+"""
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+CROP = 512
+MASK = {"area_range": (0.05, 0.40), "largest_range": (0.04, 0.25), "max_regions": 4,
+        "shapes": ("ellipse", "polygon", "blob")}
+
+
+def _jpeg(crop, quality):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(crop).save(buffer, "JPEG", quality=int(quality))
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def make_examples(photos, count, *, seed=0, progress=None):
+    """`count` examples (context, mask, reference, original) at the refiner's scale, uint8 /
+    float32 NumPy arrays, from random crops of `photos` (uint8 arrays, each at least CROP)."""
+    import tensorflow as tf
+
+    from imuge_tf.attacks.masks import random_tamper_mask
+    from imuge_tf.models.reference import SelfReference
+    from imuge_tf.models.refiner import FACTOR
+
+    rng = np.random.default_rng(seed)
+    reference = SelfReference()
+    expected = tf.function(reference.expected)
+    small = CROP // FACTOR
+    contexts, masks, references, originals = [], [], [], []
+    for index in range(count):
+        photo = photos[rng.integers(len(photos))]
+        top = rng.integers(photo.shape[0] - CROP + 1)
+        left = rng.integers(photo.shape[1] - CROP + 1)
+        crop = photo[top:top + CROP, left:left + CROP]
+        received = _jpeg(crop, rng.integers(70, 96)) if rng.random() < 0.5 else crop
+        full = tf.constant(np.stack([crop, received]).astype(np.float32))
+        pooled = tf.nn.avg_pool2d(full, FACTOR, FACTOR, "VALID")
+        ref = tf.nn.avg_pool2d(expected(full[:1]), FACTOR, FACTOR, "VALID")
+        mask = random_tamper_mask(tf.constant([seed, index], tf.int64), small, **MASK)
+        originals.append(np.asarray(pooled[0]))
+        contexts.append(np.asarray(pooled[1]))
+        references.append(np.asarray(ref[0]))
+        masks.append(np.asarray(mask))
+        if progress is not None:
+            progress(index + 1, count)
+    return (np.stack(contexts), np.stack(masks).astype(np.float32), np.stack(references),
+            np.stack(originals))
+
+
+def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16, seed=0,
+                  learning_rate=1e-3, log=print):
+    """Trains a refiner on `photos` for about `minutes` and stores it in `out_dir`."""
+    import keras
+    import tensorflow as tf
+
+    from imuge_tf.inference import save_half
+    from imuge_tf.models.refiner import RefinerModel, build_refiner
+
+    keras.utils.set_random_seed(seed)
+    started = time.monotonic()
+    data = make_examples(photos, examples + examples // 10, seed=seed)
+    held_out = tuple(array[examples:] for array in data)
+    train = tuple(array[:examples] for array in data)
+    log(f"{examples} examples in {time.monotonic() - started:.0f} s")
+    dataset = (tf.data.Dataset.from_tensor_slices(train).shuffle(examples, seed=seed)
+               .repeat().batch(batch_size, drop_remainder=True).prefetch(2))
+    model = RefinerModel(build_refiner())
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, 100_000, alpha=0.1)
+    model.compile(optimizer=keras.optimizers.Adam(schedule))
+    deadline = started + minutes * 60.0
+    epoch = 0
+    while time.monotonic() < deadline:
+        history = model.fit(dataset, steps_per_epoch=100, epochs=epoch + 1,
+                            initial_epoch=epoch, verbose=0)
+        scores = model.evaluate(tf.data.Dataset.from_tensor_slices(held_out).batch(32),
+                                verbose=0, return_dict=True)
+        epoch += 1
+        log(f"step {epoch * 100}: train loss {history.history['loss'][-1]:.4f}, held-out "
+            f"L1 gain over the bare reference {scores['l1_gain']:.3f} levels")
+    os.makedirs(out_dir, exist_ok=True)
+    save_half(model.refiner, os.path.join(out_dir, "refiner.f16.npz"))
+    metadata_path = os.path.join(out_dir, "imuge.json")
+    if os.path.isfile(metadata_path):
+        from imuge_tf.training import atomic_write_text
+
+        with open(metadata_path) as handle:
+            metadata = json.load(handle)
+        metadata.setdefault("networks", {})["refiner"] = "refiner.f16.npz"
+        metadata["refiner"] = {"config": model.refiner.get_config(), "steps": epoch * 100,
+                               "held_out_l1_gain": float(scores["l1_gain"])}
+        atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
+    return model
+
+
+def main(argv=None):
+    from imuge_tf.data import find_images
+    from imuge_tf.io import read_image
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", required=True, help="folder of training photos")
+    parser.add_argument("--out", required=True, help="model folder (with imuge.json)")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--examples", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    photos = [photo for photo in (read_image(path) for path in find_images(args.data))
+              if min(photo.shape[:2]) >= CROP]
+    if not photos:
+        print(f"error: no photo of at least {CROP} px in {args.data}", file=sys.stderr)
+        return 2
+    train_refiner(photos, args.out, minutes=args.minutes, examples=args.examples,
+                  seed=args.seed, log=lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
