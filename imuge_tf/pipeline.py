@@ -23,8 +23,12 @@ cannot drift apart.
   grid is gone) the learned verifier's map at the working scale decides, with Otsu's threshold
   and a 4 x 4 opening (paper section 3.5). The verdict follows from the share of the photo
   flagged and the thresholds of each evidence.
-- **Recover.** The decoder at the working scale (push-pull pre-fill, learned correction), its
-  output upsampled and put only inside the mask grown by RECOVERY_MARGIN working pixels.
+- **Recover.** The photo's self-embedded reference (`models/reference.py`: cell means written
+  by `immunize` into the data coefficients of the blocks, two keyed copies about half the photo
+  away) is read from the blocks outside the verifier's mask and, where it decoded, refined by
+  the reference refiner (`models/refiner.py`) and put inside the mask grown by RECOVERY_MARGIN
+  working pixels. Where no record decoded, the decoder at the working scale (push-pull
+  pre-fill, learned correction) fills in.
 """
 
 import tensorflow as tf
@@ -220,6 +224,12 @@ class InferencePipeline:
                                        / (MARK_PRESENT_LEVEL - MARK_ABSENT), 0.0, 1.0)
         return unmarked, probability
 
+    @staticmethod
+    def _mark_present(blocks):
+        """Whether the photo carries the block mark (the share of blocks whose tamper
+        probability is low reaches MARK_PRESENT)."""
+        return tf.reduce_mean(tf.cast(blocks < FLAG_PROBABILITY, tf.float32)) >= MARK_PRESENT
+
     def _blocks_to_pixels(self, blocks, height, width):
         """Block map [1, rows, cols, 1] -> [1, H, W, 1], each block over its 8 x 8 pixels and
         the partial blocks at the right and bottom edges like their neighbours."""
@@ -240,8 +250,7 @@ class InferencePipeline:
         block mark, 0: the learned verifier)."""
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         unmarked, blocks = self._mark_evidence(levels)
-        marked_share = tf.reduce_mean(tf.cast(blocks < FLAG_PROBABILITY, tf.float32))
-        use_mark = marked_share >= MARK_PRESENT
+        use_mark = self._mark_present(blocks)
         return tf.cond(use_mark, lambda: self._from_mark(unmarked, blocks, height, width),
                        lambda: self._from_network(levels, height, width))
 
@@ -325,6 +334,10 @@ class InferencePipeline:
         copies per cell [1, R, C, 1], records); see `SelfReference.read`."""
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         agreement, _ = self.mark.read(levels)
+        # A photo that does not carry the mark carries no reference either: the few blocks
+        # that match the lattice by chance must not be read as records.
+        present = tf.cast(self._mark_present(self._mark_evidence(levels)[1]), tf.float32)
+        agreement = agreement * present - 2.0 * (1.0 - present)
         # A block next to a tampered one may hold part of the tamper that the mask missed.
         blocked = tf.nn.max_pool2d(tf.nn.max_pool2d(mask, BLOCK, BLOCK, "VALID"), 3, 1, "SAME")
         return self.reference.read(self.mark.read_data(levels), 1.0 - blocked, agreement,

@@ -66,8 +66,9 @@ def make_examples(photos, count, *, seed=0, progress=None):
 
 
 def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16, seed=0,
-                  learning_rate=1e-3, log=print):
-    """Trains a refiner on `photos` for about `minutes` and stores it in `out_dir`."""
+                  learning_rate=1e-3, steps_per_round=100, log=print):
+    """Trains a refiner on `photos` for about `minutes` (at least one round of
+    `steps_per_round` steps) and stores it in `out_dir`."""
     import keras
     import tensorflow as tf
 
@@ -76,7 +77,7 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
 
     keras.utils.set_random_seed(seed)
     started = time.monotonic()
-    data = make_examples(photos, examples + examples // 10, seed=seed)
+    data = make_examples(photos, examples + max(1, examples // 10), seed=seed)
     held_out = tuple(array[examples:] for array in data)
     train = tuple(array[:examples] for array in data)
     log(f"{examples} examples in {time.monotonic() - started:.0f} s")
@@ -87,14 +88,14 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     deadline = started + minutes * 60.0
     epoch = 0
-    while time.monotonic() < deadline:
-        history = model.fit(dataset, steps_per_epoch=100, epochs=epoch + 1,
+    while epoch == 0 or time.monotonic() < deadline:
+        history = model.fit(dataset, steps_per_epoch=steps_per_round, epochs=epoch + 1,
                             initial_epoch=epoch, verbose=0)
         scores = model.evaluate(tf.data.Dataset.from_tensor_slices(held_out).batch(32),
                                 verbose=0, return_dict=True)
         epoch += 1
-        log(f"step {epoch * 100}: train loss {history.history['loss'][-1]:.4f}, held-out "
-            f"L1 gain over the bare reference {scores['l1_gain']:.3f} levels")
+        log(f"step {epoch * steps_per_round}: train loss {history.history['loss'][-1]:.4f}, "
+            f"held-out L1 gain over the bare reference {scores['l1_gain']:.3f} levels")
     os.makedirs(out_dir, exist_ok=True)
     save_half(model.refiner, os.path.join(out_dir, "refiner.f16.npz"))
     metadata_path = os.path.join(out_dir, "imuge.json")
@@ -104,7 +105,7 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
         with open(metadata_path) as handle:
             metadata = json.load(handle)
         metadata.setdefault("networks", {})["refiner"] = "refiner.f16.npz"
-        metadata["refiner"] = {"config": model.refiner.get_config(), "steps": epoch * 100,
+        metadata["refiner"] = {"config": model.refiner.get_config(), "steps": epoch * steps_per_round,
                                "held_out_l1_gain": float(scores["l1_gain"])}
         atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
     return model
@@ -120,14 +121,24 @@ def main(argv=None):
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--examples", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps-per-round", type=int, default=100,
+                        help="training steps between held-out evaluations")
     args = parser.parse_args(argv)
-    photos = [photo for photo in (read_image(path) for path in find_images(args.data))
-              if min(photo.shape[:2]) >= CROP]
+    from imuge_tf.data import DataError
+    from imuge_tf.io import ImageReadError
+
+    try:
+        photos = [photo for photo in (read_image(path) for path in find_images(args.data))
+                  if min(photo.shape[:2]) >= CROP]
+    except (DataError, ImageReadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not photos:
         print(f"error: no photo of at least {CROP} px in {args.data}", file=sys.stderr)
         return 2
     train_refiner(photos, args.out, minutes=args.minutes, examples=args.examples,
-                  seed=args.seed, log=lambda line: print(line, flush=True))
+                  seed=args.seed, steps_per_round=args.steps_per_round,
+                  log=lambda line: print(line, flush=True))
     return 0
 
 
