@@ -105,7 +105,8 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
         with open(metadata_path) as handle:
             metadata = json.load(handle)
         metadata.setdefault("networks", {})["refiner"] = "refiner.f16.npz"
-        metadata["refiner"] = {"config": model.refiner.get_config(), "steps": epoch * steps_per_round,
+        metadata["refiner"] = {"config": model.refiner.get_config(),
+                               "steps": epoch * steps_per_round,
                                "held_out_l1_gain": float(scores["l1_gain"])}
         atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
     return model
