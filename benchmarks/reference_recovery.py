@@ -116,7 +116,8 @@ def _mean(records, key):
 
 def render(records, qualities, data, refiner):
     cap = capacity()
-    lines = [f"Shipped model{' with its reference refiner' if refiner else ''}, "
+    lines = ["## Recovery from the self-embedded reference (`benchmarks/reference_recovery.py`)",
+             "", f"Shipped model{' with its reference refiner' if refiner else ''}, "
              f"{len(records)} photos of `{os.path.relpath(data, common.REPO_ROOT)}` at their "
              "native size (none used in training), public API, Pillow JPEG (4:2:0). "
              f"Measured {common.utc_now()} with `{common.command_line()}`.", "",

@@ -65,10 +65,30 @@ def make_examples(photos, count, *, seed=0, progress=None):
             np.stack(originals))
 
 
+def _stored_refiner(out_dir):
+    """(the refiner `out_dir`'s imuge.json names, its steps) or (None, 0)."""
+    metadata_path = os.path.join(out_dir, "imuge.json")
+    if not os.path.isfile(metadata_path):
+        return None, 0
+    with open(metadata_path) as handle:
+        metadata = json.load(handle)
+    name = metadata.get("networks", {}).get("refiner")
+    if not name:
+        return None, 0
+    from imuge_tf.inference import _load_half
+    from imuge_tf.models.unet import UNet
+
+    stored = metadata["refiner"]
+    network = _load_half("refiner", os.path.join(out_dir, name), metadata,
+                         UNet.from_config(stored["config"]))
+    return network, int(stored.get("steps", 0))
+
+
 def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16, seed=0,
-                  learning_rate=1e-3, steps_per_round=100, log=print):
+                  learning_rate=1e-3, steps_per_round=100, resume=False, log=print):
     """Trains a refiner on `photos` for about `minutes` (at least one round of
-    `steps_per_round` steps) and stores it in `out_dir`."""
+    `steps_per_round` steps) and stores it in `out_dir`; with `resume`, training goes on
+    from the refiner stored there."""
     import keras
     import tensorflow as tf
 
@@ -83,7 +103,10 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
     log(f"{examples} examples in {time.monotonic() - started:.0f} s")
     dataset = (tf.data.Dataset.from_tensor_slices(train).shuffle(examples, seed=seed)
                .repeat().batch(batch_size, drop_remainder=True).prefetch(2))
-    model = RefinerModel(build_refiner())
+    refiner, done = _stored_refiner(out_dir) if resume else (None, 0)
+    if refiner is not None:
+        log(f"resuming the refiner in {out_dir} after {done} steps")
+    model = RefinerModel(refiner if refiner is not None else build_refiner())
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, 100_000, alpha=0.1)
     model.compile(optimizer=keras.optimizers.Adam(schedule))
     deadline = started + minutes * 60.0
@@ -94,7 +117,7 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
         scores = model.evaluate(tf.data.Dataset.from_tensor_slices(held_out).batch(32),
                                 verbose=0, return_dict=True)
         epoch += 1
-        log(f"step {epoch * steps_per_round}: train loss {history.history['loss'][-1]:.4f}, "
+        log(f"step {done + epoch * steps_per_round}: train loss {history.history['loss'][-1]:.4f}, "
             f"held-out L1 gain over the bare reference {scores['l1_gain']:.3f} levels")
     os.makedirs(out_dir, exist_ok=True)
     save_half(model.refiner, os.path.join(out_dir, "refiner.f16.npz"))
@@ -106,7 +129,7 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
             metadata = json.load(handle)
         metadata.setdefault("networks", {})["refiner"] = "refiner.f16.npz"
         metadata["refiner"] = {"config": model.refiner.get_config(),
-                               "steps": epoch * steps_per_round,
+                               "steps": done + epoch * steps_per_round,
                                "held_out_l1_gain": float(scores["l1_gain"])}
         atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
     return model
@@ -124,6 +147,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps-per-round", type=int, default=100,
                         help="training steps between held-out evaluations")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from the refiner stored in --out")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     args = parser.parse_args(argv)
     from imuge_tf.data import DataError
     from imuge_tf.io import ImageReadError
@@ -139,6 +165,7 @@ def main(argv=None):
         return 2
     train_refiner(photos, args.out, minutes=args.minutes, examples=args.examples,
                   seed=args.seed, steps_per_round=args.steps_per_round,
+                  resume=args.resume, learning_rate=args.learning_rate,
                   log=lambda line: print(line, flush=True))
     return 0
 

@@ -16,6 +16,10 @@ from imuge_tf import Imuge
 from imuge_tf.samples import sample_photo
 
 SIZE = 192  # not the working size (128): exercises the any-size path
+# Recovery is scored on larger photos: the self-embedded reference holds 16 x 16-px means, too
+# coarse for a whole object that is 60 px across (BENCHMARKS.md, `reference_recovery`, has
+# camera photos).
+RECOVERY_SIZE = 384
 
 
 @pytest.fixture(scope="module")
@@ -52,31 +56,26 @@ def test_immunized_photo_looks_the_same(imuge):
     assert l_psnr(photo, immunized, np.ones(photo.shape[:2], bool)) >= 30.0
 
 
-KNOWN_GAP = ("known gap: on the astronaut, cat fur pasted in is localized with pixel F1 "
-             "0.53 (0.88 for the rocket on the coffee); strict: this fails loudly once a "
-             "retrained model passes")
-
-
 @pytest.mark.parametrize("host, donor", [
     ("coffee", "rocket"),
-    pytest.param("astronaut", "chelsea", marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAP)),
+    ("astronaut", "chelsea"),
 ])
 def test_pasted_patch_is_found_and_recovered_after_real_jpeg(imuge, host, donor):
-    photo = square(host)
+    photo = square(host, RECOVERY_SIZE)
     received = jpeg(imuge.immunize(photo), quality=90)
-    mask = ellipse_mask()
-    tampered = np.where(mask[:, :, None], square(donor), received)
+    mask = ellipse_mask(RECOVERY_SIZE)
+    tampered = np.where(mask[:, :, None], square(donor, RECOVERY_SIZE), received)
 
     result = imuge.verify(tampered)
     assert result.verdict == "tampered"
     assert f1(result.mask, mask) >= 0.7  # the shipped model's localization bar
 
     recovered = imuge.recover(tampered, result)
-    # After JPEG the hidden thumbnail is gone and recovery is an inpainting of the grown mask
-    # (RECOVERY_MARGIN). Growing it raised L-PSNR after JPEG 90 from 15.7 to 20.5 dB on 9
-    # held-out photos, but costs this photo 1.8 dB (12.1 -> 10.3; tampered 7.4): the margin
-    # here was 3 dB before the mask grew.
-    assert l_psnr(photo, recovered, mask) > l_psnr(photo, tampered, mask) + 2.0
+    # The self-embedded reference survives the JPEG: far above what the context alone gives.
+    from imuge_tf.evaluation import telea_inpaint
+
+    telea = l_psnr(photo, telea_inpaint(tampered, mask), mask)
+    assert l_psnr(photo, recovered, mask) > telea + 3.0
 
 
 @pytest.mark.parametrize("name", ["coffee", "chelsea"])
@@ -100,38 +99,26 @@ def recovered_l_psnr(imuge, photo, received, donor, mask, quality=None):
     return l_psnr(photo, imuge.recover_with_mask(tampered, mask), mask)
 
 
-@pytest.mark.xfail(strict=True, reason="the inference pipeline does not carry the hidden "
-                   "thumbnail to full size (its cells were a visible mosaic): recovery is an "
-                   "inpainting until a JPEG-robust reference replaces it")
-def test_recovery_reads_the_immunization(imuge):
-    """The Imuge effect: with the same tamper and the same mask, the decoder
-    recovers the patch clearly better from the immunized photo (saved losslessly) than from
-    the never-immunized one, so it reads what the encoder hid instead of guessing."""
-    photo, donor, mask = square("coffee"), square("rocket"), ellipse_mask()
-    immunized = recovered_l_psnr(imuge, photo, imuge.immunize(photo), donor, mask)
-    never_immunized = recovered_l_psnr(imuge, photo, photo, donor, mask)
+@pytest.mark.parametrize("quality", [None, 90, 75])
+def test_recovery_reads_the_immunization(imuge, quality):
+    """The Imuge effect: with the same tamper and the same mask, recovery is clearly better
+    from the immunized photo than from the never-immunized one, saved losslessly or as JPEG:
+    it reads what the immunization carries instead of guessing."""
+    photo, donor = square("coffee", RECOVERY_SIZE), square("rocket", RECOVERY_SIZE)
+    mask = ellipse_mask(RECOVERY_SIZE)
+    immunized = recovered_l_psnr(imuge, photo, imuge.immunize(photo), donor, mask, quality)
+    never_immunized = recovered_l_psnr(imuge, photo, photo, donor, mask, quality)
     assert immunized > never_immunized + 3.0, (immunized, never_immunized)
 
 
-@pytest.mark.xfail(strict=True, reason="the inference pipeline does not carry the hidden "
-                   "thumbnail to full size (its cells were a visible mosaic): recovery is an "
-                   "inpainting until a JPEG-robust reference replaces it")
 @pytest.mark.parametrize("host, donor", [("coffee", "rocket"), ("astronaut", "chelsea")])
 def test_recovery_beats_inpainting_on_a_losslessly_saved_photo(imuge, host, donor):
-    """The recovery bar: recovery above OpenCV's Telea inpainting on the same mask."""
+    """The recovery bar: recovery well above OpenCV's Telea inpainting on the same mask."""
     from imuge_tf.evaluation import telea_inpaint
 
-    photo, patch, mask = square(host), square(donor), ellipse_mask()
+    photo, patch = square(host, RECOVERY_SIZE), square(donor, RECOVERY_SIZE)
+    mask = ellipse_mask(RECOVERY_SIZE)
     tampered = np.where(mask[:, :, None], patch, imuge.immunize(photo))
     recovered = l_psnr(photo, imuge.recover_with_mask(tampered, mask), mask)
     telea = l_psnr(photo, telea_inpaint(tampered, mask), mask)
-    assert recovered > telea + 1.0, (recovered, telea)
-
-
-def test_after_jpeg_recovery_falls_back_instead_of_reading_noise(imuge):
-    """JPEG destroys the hidden thumbnail; recovery must then do as well as on a
-    never-immunized photo (the classical fill plus the decoder), not paint noise."""
-    photo, donor, mask = square("coffee"), square("rocket"), ellipse_mask()
-    immunized = recovered_l_psnr(imuge, photo, imuge.immunize(photo), donor, mask, quality=90)
-    never_immunized = recovered_l_psnr(imuge, photo, photo, donor, mask, quality=90)
-    assert immunized > never_immunized - 1.0, (immunized, never_immunized)
+    assert recovered > telea + 3.0, (recovered, telea)

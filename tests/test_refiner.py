@@ -88,6 +88,10 @@ def test_trained_refiner_is_stored_and_used_by_recover(untrained_model_dir, phot
         metadata = json.load(handle)
     assert metadata["networks"]["refiner"] == "refiner.f16.npz"
     assert metadata["refiner"]["steps"] == 2
+    assert refiner_training.main(["--data", str(data_dir), "--out", model_dir, "--minutes", "0",
+                                  "--examples", "4", "--steps-per-round", "1", "--resume"]) == 0
+    with open(os.path.join(model_dir, "imuge.json")) as handle:
+        assert json.load(handle)["refiner"]["steps"] == 3  # went on from the stored one
     imuge = Imuge.load(model_dir)
     assert imuge.refiner is not None
     plain = Imuge.load(untrained_model_dir)
