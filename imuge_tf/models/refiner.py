@@ -19,6 +19,7 @@ from imuge_tf.models.unet import LEVELS, UNet
 FACTOR = 4  # the refiner works at 1 / FACTOR of the photo's resolution
 MULTIPLE = 2**LEVELS
 CORRECTION_RANGE = 64.0  # levels: tanh output times this
+CONTEXT_MARGIN = 32  # pixels at the refiner's scale around the mask that the network sees
 
 
 def build_refiner(base_filters=16, max_filters=64, name="refiner") -> UNet:
@@ -44,18 +45,44 @@ def refine_small(network, context, mask, reference, training=False):
     return reference + correction[:, :height, :width] * CORRECTION_RANGE
 
 
+def _span(flags, margin):
+    """First and one-past-last index of the True entries of a 1-D `flags`, widened by
+    `margin` and clipped to its length."""
+    where = tf.cast(tf.where(flags)[:, 0], tf.int32)
+    length = tf.shape(flags)[0]
+    return (tf.maximum(tf.reduce_min(where) - margin, 0),
+            tf.minimum(tf.reduce_max(where) + 1 + margin, length))
+
+
 def refine(network, levels, mask, reference):
     """Full resolution: the received photo [1, H, W, 3] levels, the mask [1, H, W, 1] and the
-    decoded reference [1, H, W, 3] -> the refined reference, [1, H, W, 3] levels."""
+    decoded reference [1, H, W, 3] -> the refined reference, [1, H, W, 3] levels.
+
+    The network runs on the mask's bounding box with CONTEXT_MARGIN of surroundings, so its
+    cost follows the tamper, not the photo."""
     height, width = tf.shape(levels)[1], tf.shape(levels)[2]
     small_context = tf.nn.avg_pool2d(levels * (1.0 - mask), FACTOR, FACTOR, "SAME")
     coverage = tf.nn.avg_pool2d(1.0 - mask, FACTOR, FACTOR, "SAME")
     small_context = small_context / tf.maximum(coverage, 1e-6)
     small_mask = tf.cast(coverage < 1.0, tf.float32)
     small_reference = tf.nn.avg_pool2d(reference, FACTOR, FACTOR, "SAME")
-    refined = refine_small(network, small_context, small_mask, small_reference)
-    correction = tf.image.resize(refined - small_reference,
-                                 tf.shape(small_reference)[1:3] * FACTOR, method="bilinear")
+    small_height, small_width = tf.shape(small_mask)[1], tf.shape(small_mask)[2]
+
+    def corrected():
+        flagged = small_mask[0, :, :, 0] > 0.5
+        top, bottom = _span(tf.reduce_any(flagged, axis=1), CONTEXT_MARGIN)
+        left, right = _span(tf.reduce_any(flagged, axis=0), CONTEXT_MARGIN)
+        box = lambda images: images[:, top:bottom, left:right]  # noqa: E731
+        refined = refine_small(network, box(small_context), box(small_mask),
+                               box(small_reference))
+        correction = refined - box(small_reference)
+        return tf.pad(correction, [[0, 0], [top, small_height - bottom],
+                                   [left, small_width - right], [0, 0]])
+
+    correction = tf.cond(tf.reduce_any(small_mask > 0.5), corrected,
+                         lambda: tf.zeros_like(small_reference))
+    correction = tf.image.resize(correction, tf.shape(small_reference)[1:3] * FACTOR,
+                                 method="bilinear")
     return tf.clip_by_value(reference + correction[:, :height, :width], 0.0, 255.0)
 
 
