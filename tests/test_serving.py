@@ -614,7 +614,8 @@ def test_imuge_verify_server_writes_what_local_verify_writes(hand_set, received,
         local = json.loads(capsys.readouterr().out)
     finally:
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0  # Ctrl-C is the normal way to stop it
+        # Ctrl-C is the normal way to stop it (its shutdown took over 60 s on a loaded machine)
+        assert process.wait(timeout=180) == 0
     assert code_remote == code_local == 2  # broken.png failed; the others were verified
     assert remote["summary"] == {**local["summary"], "out": str(remote_out)}
     verdicts = {os.path.basename(r["input"]): r.get("verdict") for r in remote["files"]}
