@@ -61,6 +61,24 @@ def _load_half(name, path, metadata, network=None):
     return network
 
 
+def load_refiner(folder, metadata):
+    """The reference refiner that a model folder's `imuge.json` (`metadata`) names, or None
+    when it names none."""
+    refiner_file = metadata.get("networks", {}).get("refiner")
+    if not refiner_file:
+        return None
+    from imuge_tf.models.unet import UNet
+
+    refiner_path = os.path.join(folder, refiner_file)
+    if not os.path.isfile(refiner_path):
+        raise ModelNotFoundError(f"missing {refiner_path}")
+    refiner_config = metadata.get("refiner", {}).get("config")
+    if not isinstance(refiner_config, dict):
+        raise ModelNotFoundError(f"{folder}/imuge.json names a refiner but not its "
+                                 "config ('refiner': {'config': ...})")
+    return _load_half("refiner", refiner_path, metadata, UNet.from_config(refiner_config))
+
+
 def save_half(network, path):
     """Stores a network's weights in float16, keyed by variable path (`_load_half` reads them
     back by name), atomically."""
@@ -215,19 +233,7 @@ class Imuge:
                 networks[name] = _load_half(name, network_path, metadata)
             else:
                 networks[name] = keras.saving.load_model(network_path, compile=False)
-        refiner_file = metadata.get("networks", {}).get("refiner")
-        if refiner_file:
-            from imuge_tf.models.unet import UNet
-
-            refiner_path = os.path.join(folder, refiner_file)
-            if not os.path.isfile(refiner_path):
-                raise ModelNotFoundError(f"missing {refiner_path}")
-            refiner_config = metadata.get("refiner", {}).get("config")
-            if not isinstance(refiner_config, dict):
-                raise ModelNotFoundError(f"{folder}/imuge.json names a refiner but not its "
-                                         "config ('refiner': {'config': ...})")
-            networks["refiner"] = _load_half("refiner", refiner_path, metadata,
-                                             UNet.from_config(refiner_config))
+        networks["refiner"] = load_refiner(folder, metadata)
         model_config = metadata.get("config", {}).get("model", {})
         return cls(**networks, image_size=metadata["image_size"],
                    decoder_prefill=model_config.get("decoder_prefill", False),

@@ -217,7 +217,11 @@ class InferencePipeline:
     def _mark_evidence(self, levels):
         """(whether each block on its own looks unmarked, its tamper probability from its
         neighbourhood)."""
-        agreement, flat = self.mark.read(levels)
+        return self._evidence(*self.mark.read(levels))
+
+    @staticmethod
+    def _evidence(agreement, flat):
+        """`_mark_evidence` from the mark's read-out (`BlockMark.read`)."""
         unmarked = tf.maximum(flat, tf.cast(agreement < MARK_OWN_ABSENT, tf.float32))
         smooth = tf.nn.avg_pool2d(agreement, MARK_WINDOW, 1, "SAME")  # excludes the padding
         probability = tf.clip_by_value((MARK_PRESENT_LEVEL - smooth)
@@ -333,12 +337,11 @@ class InferencePipeline:
         `mask` ([1, H, W, 1] 0/1): (reference [1, H, W, 3] levels, decoded [1, H, W, 1],
         copies per cell [1, R, C, 1], records); see `SelfReference.read`."""
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
-        agreement, _ = self.mark.read(levels)
+        agreement, flat = self.mark.read(levels)
         # A photo that does not carry the mark carries no reference either: the few blocks
         # that match the lattice by chance must not be read as records.
-        present = tf.cast(self._mark_present(self._mark_evidence(levels)[1]), tf.float32)
-        agreement = agreement * present - 2.0 * (1.0 - present)
+        present = tf.cast(self._mark_present(self._evidence(agreement, flat)[1]), tf.float32)
         # A block next to a tampered one may hold part of the tamper that the mask missed.
         blocked = tf.nn.max_pool2d(tf.nn.max_pool2d(mask, BLOCK, BLOCK, "VALID"), 3, 1, "SAME")
-        return self.reference.read(self.mark.read_data(levels), 1.0 - blocked, agreement,
-                                   height, width)
+        return self.reference.read(self.mark.read_data(levels), (1.0 - blocked) * present,
+                                   agreement, height, width)

@@ -67,21 +67,17 @@ def make_examples(photos, count, *, seed=0, progress=None):
 
 def _stored_refiner(out_dir):
     """(the refiner `out_dir`'s imuge.json names, its steps) or (None, 0)."""
+    from imuge_tf.inference import load_refiner
+
     metadata_path = os.path.join(out_dir, "imuge.json")
     if not os.path.isfile(metadata_path):
         return None, 0
     with open(metadata_path) as handle:
         metadata = json.load(handle)
-    name = metadata.get("networks", {}).get("refiner")
-    if not name:
+    network = load_refiner(out_dir, metadata)
+    if network is None:
         return None, 0
-    from imuge_tf.inference import _load_half
-    from imuge_tf.models.unet import UNet
-
-    stored = metadata["refiner"]
-    network = _load_half("refiner", os.path.join(out_dir, name), metadata,
-                         UNet.from_config(stored["config"]))
-    return network, int(stored.get("steps", 0))
+    return network, int(metadata["refiner"].get("steps", 0))
 
 
 def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16, seed=0,

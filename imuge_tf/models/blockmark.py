@@ -111,8 +111,9 @@ def _unblocks(blocks, rows, columns, height, width):
                                  (0, width - columns * BLOCK)))
 
 
-def _offsets(tile, rows, columns):
-    """The offset tile repeated over rows x columns blocks: [1, rows, columns, k]."""
+def tiled_over_blocks(tile, rows, columns):
+    """A keyed [TILE_BLOCKS, TILE_BLOCKS, k] tile repeated over rows x columns blocks:
+    [1, rows, columns, k]."""
     tiles = keras.ops.convert_to_tensor(tile)
     repeats = ((rows + TILE_BLOCKS - 1) // TILE_BLOCKS, (columns + TILE_BLOCKS - 1) // TILE_BLOCKS,
                1)
@@ -170,7 +171,7 @@ class BlockMark:
         ([B, rows, cols, 4] 0/1) into the blocks where `present` is 1; lattice points are
         picked on `photo`, as for the mark."""
         rows, columns = keras.ops.shape(bits)[1], keras.ops.shape(bits)[2]
-        offsets = _offsets(self.data_tile, rows, columns) + bits * (DATA_LATTICE / 2.0)
+        offsets = tiled_over_blocks(self.data_tile, rows, columns) + bits * (DATA_LATTICE / 2.0)
         index = keras.ops.round((self._coefficients(photo, self.data_kernel) - offsets)
                                 / DATA_LATTICE)
         target = DATA_LATTICE * index + offsets
@@ -194,7 +195,7 @@ class BlockMark:
         photo = keras.ops.clip(levels, HEADROOM, 255.0 - HEADROOM)
         base = photo if addition is None else keras.ops.clip(
             levels + addition, HEADROOM, 255.0 - HEADROOM)
-        offsets = _offsets(self.tile, rows, columns)
+        offsets = tiled_over_blocks(self.tile, rows, columns)
         index = keras.ops.round((self._coefficients(photo) - offsets) / self.step)
         target = self.step * index + offsets
         coefficients = self._coefficients(base)
@@ -219,7 +220,7 @@ class BlockMark:
         block is so by chance in about 1 of 20,000 blocks, more often after strong JPEG)."""
         _, _, rows, columns = _grid(levels)
         coefficients = self._coefficients(levels)
-        phase = (coefficients - _offsets(self.tile, rows, columns)) / self.step
+        phase = (coefficients - tiled_over_blocks(self.tile, rows, columns)) / self.step
         distance = keras.ops.abs(phase - keras.ops.round(phase))
         agreement = keras.ops.mean(1.0 - 4.0 * distance, axis=-1, keepdims=True)
         largest = keras.ops.max(keras.ops.abs(coefficients), axis=-1, keepdims=True)
@@ -230,5 +231,5 @@ class BlockMark:
         as 0, -1 as 1, and the magnitude is the confidence (about 0 on unmarked content)."""
         _, _, rows, columns = _grid(levels)
         coefficients = self._coefficients(levels, self.data_kernel)
-        phase = (coefficients - _offsets(self.data_tile, rows, columns)) / DATA_LATTICE
+        phase = (coefficients - tiled_over_blocks(self.data_tile, rows, columns)) / DATA_LATTICE
         return keras.ops.cos(2.0 * np.pi * phase)

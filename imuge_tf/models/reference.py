@@ -32,7 +32,7 @@ camera graph writes the record itself.
 import numpy as np
 import tensorflow as tf
 
-from imuge_tf.models.blockmark import BLOCK, TILE_BLOCKS, keyed_generator
+from imuge_tf.models.blockmark import BLOCK, TILE_BLOCKS, keyed_generator, tiled_over_blocks
 
 CELL = 32  # pixels: one record
 QUARTER = CELL // 2  # the luminance means are of 16 x 16 quarters
@@ -49,7 +49,6 @@ SLOTS = 2
 HOST_AGREEMENT = 0.3
 FILL_CELLS = 3  # cells without a copy are interpolated from decoded cells this close
 SHIFT_DENOMINATOR = 256  # keyed shifts are multiples of 1/256 of the grid: exact arithmetic
-TILE_CELLS = TILE_BLOCKS // BLOCKS_PER_CELL
 
 # JPEG's RGB -> YCbCr weights in 1/256: the means of a quarter are whole-number sums below
 # 2^24 (exact in float32) divided by a power of two.
@@ -125,11 +124,8 @@ class SelfReference:
         return shifts
 
     def _whitening(self, rows, columns):
-        """[1, rows * 4, columns * 4, 4] keyed bits over the host blocks."""
-        tile = tf.constant(self.whitening)
-        repeats = tf.stack([(rows + TILE_BLOCKS - 1) // TILE_BLOCKS,
-                            (columns + TILE_BLOCKS - 1) // TILE_BLOCKS, 1])
-        return tf.tile(tile, repeats)[None, :rows, :columns]
+        """[1, rows, columns, 4] keyed bits over the host blocks."""
+        return tiled_over_blocks(self.whitening, rows, columns)
 
     # ------------------------------------------------------------------------------ record
     def means(self, photo):
@@ -157,8 +153,7 @@ class SelfReference:
         # [value, bit] order, as value_weights reads them.
         bits = tf.reshape(tf.stack(bits, axis=-1),
                           tf.concat([tf.shape(values)[:3], [VALUES * VALUE_BITS]], 0))
-        parity = tf.math.floormod(tf.matmul(bits, tf.constant(self.parity_weights)), 2.0)
-        return tf.concat([bits, parity], axis=-1)
+        return tf.concat([bits, self._parity(bits)], axis=-1)
 
     def payload(self, photo):
         """[1, H, W, 3] whole levels -> (bits [1, H // 8, W // 8, 4], present [.., 1]): what
@@ -230,11 +225,14 @@ class SelfReference:
         values = self.values(self.record(photo))
         return self._reconstruct(values, tf.ones_like(values[..., :1]), height, width)[0]
 
+    def _parity(self, value_bits):
+        """[.., VALUES * VALUE_BITS] 0/1 -> [.., PARITY_BITS] their parity bits."""
+        return tf.math.floormod(tf.matmul(value_bits, tf.constant(self.parity_weights)), 2.0)
+
     def _parity_checks(self, soft):
         """[.., RECORD_BITS] soft bits -> [.., 1] 1 where both parity bits agree."""
         hard = tf.cast(soft < 0.0, tf.float32)
-        parity = tf.math.floormod(
-            tf.matmul(hard[..., :VALUES * VALUE_BITS], tf.constant(self.parity_weights)), 2.0)
+        parity = self._parity(hard[..., :VALUES * VALUE_BITS])
         agree = tf.cast(tf.equal(parity, hard[..., VALUES * VALUE_BITS:]), tf.float32)
         return tf.reduce_min(agree, axis=-1, keepdims=True)
 
