@@ -10,7 +10,6 @@ scale. The trained network is written as `refiner.f16.npz` into MODEL_DIR (a fol
 """
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -23,19 +22,12 @@ MASK = {"area_range": (0.05, 0.40), "largest_range": (0.04, 0.25), "max_regions"
         "shapes": ("ellipse", "polygon", "blob")}
 
 
-def _jpeg(crop, quality):
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(crop).save(buffer, "JPEG", quality=int(quality))
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
 def make_examples(photos, count, *, seed=0, progress=None):
     """`count` examples (context, mask, reference, original) at the refiner's scale, uint8 /
     float32 NumPy arrays, from random crops of `photos` (uint8 arrays, each at least CROP)."""
     import tensorflow as tf
 
+    from imuge_tf.attacks.evaluation import jpeg_attack
     from imuge_tf.attacks.masks import random_tamper_mask
     from imuge_tf.models.reference import SelfReference
     from imuge_tf.models.refiner import FACTOR
@@ -50,7 +42,7 @@ def make_examples(photos, count, *, seed=0, progress=None):
         top = rng.integers(photo.shape[0] - CROP + 1)
         left = rng.integers(photo.shape[1] - CROP + 1)
         crop = photo[top:top + CROP, left:left + CROP]
-        received = _jpeg(crop, rng.integers(70, 96)) if rng.random() < 0.5 else crop
+        received = jpeg_attack(crop, rng.integers(70, 96))[0] if rng.random() < 0.5 else crop
         full = tf.constant(np.stack([crop, received]).astype(np.float32))
         pooled = tf.nn.avg_pool2d(full, FACTOR, FACTOR, "VALID")
         ref = tf.nn.avg_pool2d(expected(full[:1]), FACTOR, FACTOR, "VALID")
