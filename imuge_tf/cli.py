@@ -260,11 +260,28 @@ class Reporter:
         return code
 
 
-def load_model(path):
-    """The Imuge at `path` (a work directory or its inference/ folder), or the shipped one."""
-    from imuge_tf.inference import Imuge
+def load_model(args):
+    """The Imuge of --model (a work directory or its inference/ folder, default the shipped
+    one) with the key of --key-file ($IMUGE_KEY, else the public demo key, said in one
+    warning line on stderr)."""
+    import warnings
 
-    return Imuge.from_pretrained() if path is None else Imuge.load(path)
+    from imuge_tf.inference import Imuge
+    from imuge_tf.keys import DemoKeyWarning, KeyFileError, read_key_file
+
+    key = None
+    if getattr(args, "key_file", None):
+        try:
+            key = read_key_file(args.key_file)
+        except KeyFileError as error:
+            raise CommandError(f"--key-file: {_one_line(error)}") from None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DemoKeyWarning)
+        imuge = Imuge.from_pretrained(key=key) if args.model is None else Imuge.load(
+            args.model, key=key)
+    if any(issubclass(w.category, DemoKeyWarning) for w in caught):
+        print(f"warning: {caught[0].message}", file=sys.stderr, flush=True)
+    return imuge
 
 
 def _make_folder(path):
@@ -294,7 +311,7 @@ def run_batch(args, command, suffixes, process, load=None):
         return reporter
     if out_dir is not None:
         _make_folder(out_dir)
-    imuge = load() if load is not None else load_model(args.model)
+    imuge = load() if load is not None else load_model(args)
     for job in reporter.progress(jobs, command):
         try:
             image = read_image(job.source)
@@ -332,8 +349,16 @@ def run_immunize(args) -> int:
         reason = str(error).split(": ", 1)[-1]
         raise CommandError(f"--format {args.format}: {reason}") from None
 
+    from imuge_tf.inference import AlreadyImmunizedError
+
     def process(imuge, image, job, reporter):
-        protected = imuge.immunize(image)
+        try:
+            protected = imuge.immunize(image, force=args.reimmunize)
+        except AlreadyImmunizedError:
+            reporter.fail(job.source, f"{job.source}: already immunized with this key; "
+                                      "immunizing it again would vouch for whatever it shows "
+                                      "now (--reimmunize to do it anyway)")
+            return
         write_image(job.outputs["image"], protected, force=args.force,
                     allow_lossy=args.allow_lossy)
         reporter.done(job.source, output=job.outputs["image"])
@@ -551,7 +576,7 @@ def run_evaluate(args) -> int:
     if problems:
         raise CommandError(problems[0][1])
     _check_out_folder(args.out, args.force, marker="results.json")
-    imuge = load_model(args.model)
+    imuge = load_model(args)
     from imuge_tf import evaluation
 
     reporter = Reporter(args, "evaluate")
@@ -574,7 +599,7 @@ def run_evaluate(args) -> int:
 
 def run_demo(args) -> int:
     _check_out_folder(args.out, args.force, marker="demo.png")
-    imuge = load_model(args.model)
+    imuge = load_model(args)
     from imuge_tf import demo
 
     reporter = Reporter(args, "demo")
@@ -600,7 +625,7 @@ def run_export(args) -> int:
         camera_size = parse_camera_size(args.camera_size) if args.camera_size else None
     except (ExportError, ValueError) as error:
         raise CommandError(_one_line(error)) from None
-    imuge = load_model(args.model)
+    imuge = load_model(args)
     reporter = Reporter(args, "export")
 
     def progress(message):
@@ -690,6 +715,10 @@ def _add_common(parser, model=True):
         parser.add_argument("--model", default=None, metavar="PATH",
                             help="a training work directory or its inference/ folder "
                                  "(default: the shipped demo weights)")
+        parser.add_argument("--key-file", default=None, metavar="FILE",
+                            help="the secret key, a file of at most 4 KB (default: "
+                                 "$IMUGE_KEY, else the public demo key, which anyone can "
+                                 "forge verdicts with)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout (no progress bar)")
 
@@ -730,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     immunize.add_argument("--allow-lossy", action="store_true",
                           help="allow a lossy output format although it destroys the "
                                "immunization")
+    immunize.add_argument("--reimmunize", action="store_true",
+                          help="immunize photos that already carry this key's immunization "
+                               "(refused by default)")
     immunize.set_defaults(handler=run_immunize, runner=run_image_command)
 
     verify = _add_image_command(

@@ -361,6 +361,17 @@ def residual_gate(variant: str, error: dict) -> tuple[bool, str]:
 # The verifier + decoder for TF Serving: decoding and PNG encoding around the pipeline
 
 
+# What `analyse` found of the photo's geometry (VerifyResult's rotation, crop origin, scale).
+GEOMETRY_OUTPUTS = {"quarter_turns": "int32", "origin_y": "int32", "origin_x": "int32",
+                    "scale": "float32"}
+
+
+def _geometry_signature():
+    import tensorflow as tf
+
+    return {name: tf.as_dtype(dtype) for name, dtype in GEOMETRY_OUTPUTS.items()}
+
+
 class _ServingGraph:
     """The TF functions of the serving SavedModel: `InferencePipeline.analyse` and `recover`
     (the graph code the facade runs) between decoding the request and encoding the answer."""
@@ -368,14 +379,9 @@ class _ServingGraph:
     def __init__(self, imuge):
         from imuge_tf.inference import MIN_SIDE
         from imuge_tf.io import DEFAULT_MAX_PIXELS
-        from imuge_tf.pipeline import MARK_THRESHOLDS, VERDICTS
+        from imuge_tf.pipeline import VERDICTS
 
         self.pipeline = imuge.pipeline
-        self.thresholds = (
-            (float(imuge.thresholds["intact_max_fraction"]),
-             float(imuge.thresholds["not_immunized_min_fraction"])),
-            (float(MARK_THRESHOLDS["intact_max_fraction"]),
-             float(MARK_THRESHOLDS["not_immunized_min_fraction"])))
         self.min_side = int(MIN_SIDE)
         self.max_pixels = int(DEFAULT_MAX_PIXELS)
         self.verdicts = tuple(VERDICTS)
@@ -437,10 +443,10 @@ class _ServingGraph:
         # Only a tampered photo is changed, and only inside the grown mask (Imuge.recover).
         recovered = tf.cond(
             tampered,
-            lambda: self.pipeline.recover(levels, self.pipeline.recovery_mask(mask), mask),
+            lambda: self.pipeline.recover(levels, self.pipeline.recovery_mask(mask), mask,
+                                          found["quarter_turns"]),
             lambda: levels)
-        thresholds = tf.gather(tf.constant(self.thresholds, tf.float32), found["evidence"])
-        return found, recovered, thresholds
+        return found, recovered, found["thresholds"]
 
     def _common_outputs(self, found, thresholds):
         import tensorflow as tf
@@ -453,6 +459,10 @@ class _ServingGraph:
             "threshold": tf.cast(found["threshold"], tf.float32),
             "intact_max_fraction": thresholds[0],
             "not_immunized_min_fraction": thresholds[1],
+            "quarter_turns": found["quarter_turns"],
+            "origin_y": found["origin"][0],
+            "origin_x": found["origin"][1],
+            "scale": found["scale"],
         }
 
     # -- the signatures
@@ -475,7 +485,8 @@ class _ServingGraph:
         signature = {"verdict": tf.string, "evidence": tf.string,
                      "tampered_fraction": tf.float32, "flagged_fraction": tf.float32,
                      "threshold": tf.float32, "intact_max_fraction": tf.float32,
-                     "not_immunized_min_fraction": tf.float32, "height": tf.int32,
+                     "not_immunized_min_fraction": tf.float32, **_geometry_signature(),
+                     "height": tf.int32,
                      "width": tf.int32, "mask_png_bytes": tf.string,
                      "recovered_png_bytes": tf.string}
         return tf.map_fn(one, images, fn_output_signature=signature)
@@ -497,7 +508,8 @@ class _ServingGraph:
         signature = {"verdict": tf.string, "evidence": tf.string,
                      "tampered_fraction": tf.float32, "flagged_fraction": tf.float32,
                      "threshold": tf.float32, "intact_max_fraction": tf.float32,
-                     "not_immunized_min_fraction": tf.float32, "probability": shape,
+                     "not_immunized_min_fraction": tf.float32, **_geometry_signature(),
+                     "probability": shape,
                      "mask": shape, "recovered": shape}
         return tf.map_fn(one, images, fn_output_signature=signature)
 

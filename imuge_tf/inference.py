@@ -92,6 +92,10 @@ class ModelNotFoundError(ValueError):
     """No weights where they were looked for."""
 
 
+class AlreadyImmunizedError(ValueError):
+    """The photo already carries the immunization of this key."""
+
+
 @dataclass
 class VerifyResult:
     """What `Imuge.verify` found in one received photo (arrays at the received size)."""
@@ -103,7 +107,24 @@ class VerifyResult:
     flagged_fraction: float  # share of pixels over FLAG_PROBABILITY at the working size
     threshold: float  # the probability threshold used for `mask`
     thresholds: dict = field(default_factory=dict)  # the verdict thresholds used
-    evidence: str = "block_mark"  # "block_mark" (native 8 x 8 grid) or "verifier" (network)
+    evidence: str = "block_mark"  # "block_mark" (keyed, native 8 x 8 grid) or "verifier"
+    # How the photo was found relative to the immunized original: turned counter-clockwise
+    # by `rotation` degrees, then cropped so that its first pixel was the upright original's
+    # `crop_origin` (y, x; modulo the mark's tile, 1,024 px), and resized by `scale`
+    # (received / original) from `original_size` (height, width of the upright original).
+    rotation: int = 0
+    crop_origin: tuple = (0, 0)
+    scale: float = 1.0
+    original_size: tuple | None = None
+
+    @property
+    def geometry(self) -> dict:
+        """What was found of the photo's rotation, crop and resize (JSON-ready)."""
+        return {"rotation": int(self.rotation),
+                "crop_origin": [int(v) for v in self.crop_origin],
+                "scale": round(float(self.scale), 6),
+                "original_size": None if self.original_size is None
+                else [int(v) for v in self.original_size]}
 
     def to_dict(self) -> dict:
         """A JSON-ready summary (no arrays)."""
@@ -117,6 +138,7 @@ class VerifyResult:
             "width": int(width),
             "thresholds": dict(self.thresholds),
             "evidence": self.evidence,
+            "geometry": self.geometry,
         }
 
 
@@ -161,8 +183,9 @@ class Imuge:
     """Immunize, verify and recover photos with trained networks.
 
     Build it with `Imuge.from_pretrained()` (the shipped demo model) or `Imuge.load(path)`.
-    `key` is the block mark's key (bytes or str); None is the public demo key, with which
-    anyone can make a photo verify as immunized.
+    `key` is the secret that immunization and verification share (bytes or str,
+    `imuge_tf.keys`); None takes $IMUGE_KEY, else the public demo key, with which anyone can
+    make a photo verify as intact (a DemoKeyWarning says so).
     """
 
     def __init__(self, encoder, verifier, decoder, image_size, *, decoder_prefill=False,
@@ -186,7 +209,9 @@ class Imuge:
         if residual_gain is None:
             residual_gain = settings.get("residual_gain", DEFAULT_RESIDUAL_GAIN)
         self.residual_gain = float(residual_gain)
-        self.key = key
+        from imuge_tf.keys import resolve_key
+
+        self.key, self.demo_key = resolve_key(key)
         self._graphs = None
 
     @property
@@ -279,8 +304,10 @@ class Imuge:
                 pipeline,
                 tf.function(pipeline.immunize, input_signature=[photo]),
                 tf.function(pipeline.analyse, input_signature=[photo]),
-                tf.function(pipeline.recover, input_signature=[photo, mask, mask]),
+                tf.function(pipeline.recover, input_signature=[
+                    photo, mask, mask, tf.TensorSpec([], tf.int32)]),
                 tf.function(pipeline.recovery_mask, input_signature=[mask]),
+                tf.function(pipeline.is_immunized, input_signature=[photo]),
             )
         return self._graphs
 
@@ -296,11 +323,26 @@ class Imuge:
         working = pipeline.working(_photo_tensor(photo))
         return np.asarray(pipeline.encoder(working, training=False))[0]
 
-    def immunize(self, image) -> np.ndarray:
-        """The immunized photo, same size as `image` (uint8)."""
+    def immunize(self, image, force: bool = False) -> np.ndarray:
+        """The immunized photo, same size as `image` (uint8).
+
+        A photo that already carries this key's immunization is refused
+        (AlreadyImmunizedError) unless `force`: immunizing again would not protect it more,
+        and after a tamper it would bless the tampered content."""
         photo = check_photo(image)
+        if not force and self.is_immunized(photo):
+            raise AlreadyImmunizedError(
+                "the photo is already immunized with this key (immunizing it again would "
+                "vouch for whatever it now shows); pass force=True (--reimmunize) to do it "
+                "anyway")
         immunized = self._compiled()[1](_photo_tensor(photo))
         return np.asarray(immunized, dtype=np.float32)[0].astype(np.uint8)
+
+    def is_immunized(self, image) -> bool:
+        """Whether the photo, as it is (not turned, cropped or resized), carries this key's
+        block mark: a quick check, a fraction of `verify`."""
+        photo = check_photo(image)
+        return bool(self._compiled()[5](_photo_tensor(photo)))
 
     def probability(self, image) -> np.ndarray:
         """The learned verifier's tamper probability at the working size (h x w float32)."""
@@ -310,12 +352,11 @@ class Imuge:
 
     def verify(self, image) -> VerifyResult:
         """Verdict and tamper mask of a received photo, at its own size."""
-        from imuge_tf.pipeline import MARK_THRESHOLDS
-
         photo = check_photo(image)
         found = self._compiled()[2](_photo_tensor(photo))
         mask = np.asarray(found["mask"], dtype=bool)
         evidence = EVIDENCE[int(found["evidence"])]
+        intact_max, not_immunized_min = (round(float(v), 6) for v in found["thresholds"])
         return VerifyResult(
             verdict=VERDICTS[int(found["verdict"])],
             probability=np.asarray(found["probability"], dtype=np.float32),
@@ -323,8 +364,13 @@ class Imuge:
             tampered_fraction=float(mask.mean()),
             flagged_fraction=float(found["flagged_fraction"]),
             threshold=float(found["threshold"]),
-            thresholds=dict(MARK_THRESHOLDS if evidence == "block_mark" else self.thresholds),
+            thresholds={"intact_max_fraction": intact_max,
+                        "not_immunized_min_fraction": not_immunized_min},
             evidence=evidence,
+            rotation=90 * int(found["quarter_turns"]),
+            crop_origin=tuple(int(v) for v in found["origin"]),
+            scale=float(found["scale"]),
+            original_size=tuple(int(v) for v in found["original_size"]),
         )
 
     def recover(self, image, result: VerifyResult | None = None) -> np.ndarray:
@@ -338,7 +384,8 @@ class Imuge:
             result = self.verify(photo)
         if result.verdict != "tampered":
             return photo.copy()
-        return self._recover(photo, self.recovery_mask(result.mask), result.mask)
+        return self._recover(photo, self.recovery_mask(result.mask), result.mask,
+                             result.rotation // 90)
 
     def recovery_mask(self, mask) -> np.ndarray:
         """The area `recover` redraws: `mask` (H x W bool) grown by RECOVERY_MARGIN
@@ -359,10 +406,11 @@ class Imuge:
             return photo.copy()
         return self._recover(photo, mask, mask)
 
-    def _recover(self, photo, mask, tampered):
+    def _recover(self, photo, mask, tampered, quarter_turns=0):
         recovered = self._compiled()[3](_photo_tensor(photo),
                                         np.asarray(mask, np.float32)[None, :, :, None],
-                                        np.asarray(tampered, np.float32)[None, :, :, None])
+                                        np.asarray(tampered, np.float32)[None, :, :, None],
+                                        np.int32(quarter_turns))
         return np.asarray(recovered, dtype=np.float32)[0].astype(np.uint8)
 
 

@@ -33,7 +33,8 @@ cannot drift apart.
 
 import tensorflow as tf
 
-from imuge_tf.models.blockmark import BLOCK, BlockMark
+from imuge_tf.models import alignment
+from imuge_tf.models.blockmark import BLOCK, TILE_BLOCKS, BlockMark
 from imuge_tf.models.carrier import CarrierEmbedding
 from imuge_tf.models.hiding import ThumbnailHiding
 from imuge_tf.models.reference import SelfReference
@@ -63,6 +64,15 @@ MARK_PRESENT = 0.05
 # immunized photo flags none, a never-immunized one all of it.
 MARK_THRESHOLDS = {"intact_max_fraction": 0.002, "not_immunized_min_fraction": 0.9}
 DEFAULT_RESIDUAL_GAIN = 1.0
+# A resized photo brought back to its original grid: the median block agreement of a photo as
+# saved (the levels above are for it), the wider window that averages its noisier blocks, and
+# the opening (blocks) that a flagged area must survive.
+RESAMPLED_STRENGTH = 1.4
+RESAMPLED_WINDOW = 7
+RESAMPLED_OPENING = 4
+# Its verdict: resampling leaves a few textured areas unreadable, so tampers under 1 % of a
+# resized photo are not reported.
+RESAMPLED_THRESHOLDS = {"intact_max_fraction": 0.01, "not_immunized_min_fraction": 0.9}
 
 
 def learned_residual(encoder):
@@ -158,6 +168,20 @@ def grow_mask(masks, margin):
     return tf.nn.max_pool2d(masks, 2 * margin + 1, strides=1, padding="SAME")
 
 
+def _thresholds(thresholds):
+    """The verdict thresholds of `analyse`'s dict: [intact_max, not_immunized_min]."""
+    return tf.constant([thresholds["intact_max_fraction"],
+                        thresholds["not_immunized_min_fraction"]], tf.float32)
+
+
+def _geometry(turns, origin_y, origin_x, scale, height, width):
+    """The geometry entries of `analyse`'s dict."""
+    return {"quarter_turns": tf.cast(turns, tf.int32),
+            "origin": tf.cast(tf.stack([origin_y, origin_x]), tf.int32),
+            "scale": tf.cast(scale, tf.float32),
+            "original_size": tf.cast(tf.stack([height, width]), tf.int32)}
+
+
 class InferencePipeline:
     """The networks and settings of one model, and the graph code that uses them.
 
@@ -189,6 +213,7 @@ class InferencePipeline:
             key, step=mark_step or blockmark.DEFAULT_STEP,
             coefficients=mark_coefficients or blockmark.DEFAULT_COEFFICIENTS)
         self.reference = SelfReference(key)
+        self.alignment = alignment.MarkAlignment(self.mark)
         self.network_thresholds = dict(network_thresholds or {})
 
     # ------------------------------------------------------------------------------ pieces
@@ -220,13 +245,20 @@ class InferencePipeline:
         return self._evidence(*self.mark.read(levels))
 
     @staticmethod
-    def _evidence(agreement, flat):
-        """`_mark_evidence` from the mark's read-out (`BlockMark.read`)."""
-        unmarked = tf.maximum(flat, tf.cast(agreement < MARK_OWN_ABSENT, tf.float32))
-        smooth = tf.nn.avg_pool2d(agreement, MARK_WINDOW, 1, "SAME")  # excludes the padding
-        probability = tf.clip_by_value((MARK_PRESENT_LEVEL - smooth)
-                                       / (MARK_PRESENT_LEVEL - MARK_ABSENT), 0.0, 1.0)
+    def _evidence(agreement, flat, window=MARK_WINDOW, strength=1.0):
+        """`_mark_evidence` from the mark's read-out (`BlockMark.read`). A resampled photo's
+        mark is weaker (`strength`: its agreement relative to a photo as saved) and noisier
+        per block: its levels scale with the strength and a wider `window` averages."""
+        unmarked = tf.maximum(flat, tf.cast(agreement < MARK_OWN_ABSENT * strength, tf.float32))
+        smooth = tf.nn.avg_pool2d(agreement, window, 1, "SAME")  # excludes the padding
+        probability = tf.clip_by_value((MARK_PRESENT_LEVEL * strength - smooth)
+                                       / ((MARK_PRESENT_LEVEL - MARK_ABSENT) * strength),
+                                       0.0, 1.0)
         return unmarked, probability
+
+    def is_immunized(self, levels):
+        """Whether the photo as it is carries the block mark (a scalar bool)."""
+        return self._mark_present(self._mark_evidence(levels)[1])
 
     @staticmethod
     def _mark_present(blocks):
@@ -234,14 +266,16 @@ class InferencePipeline:
         probability is low reaches MARK_PRESENT)."""
         return tf.reduce_mean(tf.cast(blocks < FLAG_PROBABILITY, tf.float32)) >= MARK_PRESENT
 
-    def _blocks_to_pixels(self, blocks, height, width):
+    def _blocks_to_pixels(self, blocks, height, width, top=0, left=0):
         """Block map [1, rows, cols, 1] -> [1, H, W, 1], each block over its 8 x 8 pixels and
-        the partial blocks at the right and bottom edges like their neighbours."""
+        the partial blocks at the edges (`top` rows and `left` columns before the first whole
+        block, the rest after the last) like their neighbours."""
         rows, columns = tf.shape(blocks)[1], tf.shape(blocks)[2]
         pixels = tf.image.resize(blocks, tf.stack([rows * BLOCK, columns * BLOCK]),
                                  method="nearest")
-        return tf.pad(pixels, [[0, 0], [0, height - rows * BLOCK],
-                               [0, width - columns * BLOCK], [0, 0]], mode="SYMMETRIC")
+        return tf.pad(pixels, [[0, 0], [top, height - top - rows * BLOCK],
+                               [left, width - left - columns * BLOCK], [0, 0]],
+                      mode="SYMMETRIC")
 
     def _verdict(self, flagged, found, thresholds):
         intact_max, not_immunized_min = thresholds
@@ -250,51 +284,104 @@ class InferencePipeline:
 
     def analyse(self, levels):
         """[1, H, W, 3] levels -> dict of the verdict (index into VERDICTS), the probability
-        and mask at [H, W], the share flagged, the threshold used and the evidence (1: the
-        block mark, 0: the learned verifier)."""
+        and mask at [H, W], the share flagged, the threshold used, the evidence (1: the block
+        mark, 0: none found; the learned verifier's map is then the probability) and the
+        geometry found: quarter turns, origin (the received photo's first pixel in the upright
+        original, modulo the mark's tile), scale (received / original) and original size."""
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         unmarked, blocks = self._mark_evidence(levels)
-        use_mark = self._mark_present(blocks)
-        return tf.cond(use_mark, lambda: self._from_mark(unmarked, blocks, height, width),
-                       lambda: self._from_network(levels, height, width))
+        as_received = self._mark_present(blocks)
+        return tf.cond(
+            as_received,
+            lambda: {**self._from_mark(unmarked, blocks, height, width),
+                     **_geometry(0, 0, 0, 1.0, height, width)},
+            lambda: self._realigned(levels))
 
-    def _from_mark(self, unmarked, blocks, height, width):
-        flagged_blocks = tf.cast(blocks > FLAG_PROBABILITY, tf.float32)
+    def _realigned(self, levels):
+        """`analyse` of a photo whose grid is not where it was immunized: turned and cropped,
+        else resized, else not immunized with this key at all."""
+        score, turns, origin_y, origin_x = self.alignment.search_crop(levels)
+        return tf.cond(score >= alignment.CROP_FOUND,
+                       lambda: self._from_crop(levels, turns, origin_y, origin_x),
+                       lambda: self._resized(levels))
+
+    def _from_crop(self, levels, turns, origin_y, origin_x):
+        upright = alignment.rotate(levels, -turns)
+        skip_y, skip_x = tf.math.floormod(-origin_y, BLOCK), tf.math.floormod(-origin_x, BLOCK)
+        cropped = upright[:, skip_y:, skip_x:]
+        place = (tf.math.floormod((origin_y + skip_y) // BLOCK, TILE_BLOCKS),
+                 tf.math.floormod((origin_x + skip_x) // BLOCK, TILE_BLOCKS))
+        unmarked, blocks = self._evidence(*self.mark.read(cropped, place))
+        height, width = tf.shape(upright)[1], tf.shape(upright)[2]
+        found = self._from_mark(unmarked, blocks, height, width, skip_y, skip_x)
+        for name in ("probability", "mask"):
+            turned = alignment.rotate(tf.cast(found[name], tf.float32)[None, :, :, None], turns)
+            found[name] = tf.cast(turned[0, :, :, 0], found[name].dtype)
+        return {**found, **_geometry(turns, origin_y, origin_x, 1.0, height, width)}
+
+    def _resized(self, levels):
+        score, original_height, original_width = self.alignment.search_scale(levels)
+        return tf.cond(score >= alignment.SCALE_FOUND,
+                       lambda: self._from_scale(levels, original_height, original_width),
+                       lambda: self._from_network(levels))
+
+    def _from_scale(self, levels, original_height, original_width):
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
+        original = full_view(levels, original_height, original_width, method="bicubic")
+        agreement, flat = self.mark.read(original)
+        # The median block (robust to a tamper of less than half the photo) against a photo
+        # as saved.
+        ordered = tf.sort(tf.reshape(agreement, [-1]))
+        median = ordered[tf.size(ordered) // 2]
+        strength = tf.clip_by_value(median / RESAMPLED_STRENGTH, 0.05, 1.0)
+        unmarked, blocks = self._evidence(agreement, flat, RESAMPLED_WINDOW, strength)
+        found = self._from_mark(unmarked, blocks, original_height, original_width,
+                                opening_blocks=RESAMPLED_OPENING,
+                                thresholds=RESAMPLED_THRESHOLDS)
+        size = tf.stack([height, width])
+        found["probability"] = tf.image.resize(found["probability"][None, :, :, None], size)[
+            0, :, :, 0]
+        found["mask"] = tf.image.resize(tf.cast(found["mask"], tf.float32)[None, :, :, None],
+                                        size, method="nearest")[0, :, :, 0] > 0.5
+        scale = tf.cast(height, tf.float32) / tf.cast(original_height, tf.float32)
+        return {**found, **_geometry(0, 0, 0, scale, original_height, original_width)}
+
+    def _from_mark(self, unmarked, blocks, height, width, top=0, left=0,
+                   opening_blocks=MARK_OPENING, thresholds=None):
+        thresholds = thresholds or MARK_THRESHOLDS
+        flagged_blocks = opening(tf.cast(blocks > FLAG_PROBABILITY, tf.float32), opening_blocks)
         flagged = tf.reduce_mean(flagged_blocks)
         core = opening(flagged_blocks, MARK_OPENING)
         edge = grow_mask(core, 1) * unmarked
         refined = tf.maximum(core, edge)
         verdict = self._verdict(flagged, tf.reduce_any(refined > 0.5),
-                                (MARK_THRESHOLDS["intact_max_fraction"],
-                                 MARK_THRESHOLDS["not_immunized_min_fraction"]))
+                                (thresholds["intact_max_fraction"],
+                                 thresholds["not_immunized_min_fraction"]))
         refined = tf.where(verdict == 2, tf.ones_like(refined),
                            tf.where(verdict == 0, tf.zeros_like(refined), refined))
-        probability = self._blocks_to_pixels(blocks, height, width)
-        mask = self._blocks_to_pixels(refined, height, width)
+        probability = self._blocks_to_pixels(blocks, height, width, top, left)
+        mask = self._blocks_to_pixels(refined, height, width, top, left)
         return {"verdict": tf.cast(verdict, tf.int32), "probability": probability[0, :, :, 0],
                 "mask": mask[0, :, :, 0] > 0.5, "flagged_fraction": flagged,
                 "threshold": tf.constant(FLAG_PROBABILITY, tf.float32),
+                "thresholds": _thresholds(thresholds),
                 "evidence": tf.constant(1, tf.int32)}
 
-    def _from_network(self, levels, height, width):
+    def _from_network(self, levels):
+        """No keyed mark under any geometry: the photo is `not_immunized` (with this key).
+        The learned verifier knows no key, so its map cannot make a verdict (a public pattern
+        or another photo's residual would fool it); it is reported as the probability."""
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         probability = self.verifier(self.working(levels), training=False)
         flagged = tf.reduce_mean(tf.cast(probability > FLAG_PROBABILITY, tf.float32))
-        # Otsu splits the map into its two modes; kept within sensible bounds so that a map
-        # with one weak mode cannot pull the threshold to the noise floor.
-        otsu = tf.cast(tf.clip_by_value(otsu_threshold(probability), 0.2, 0.8), tf.float32)
-        refined = opening(tf.cast(probability > otsu, tf.float32), MORPHOLOGY_KERNEL)
-        thresholds = (self.network_thresholds.get("intact_max_fraction", 0.01),
-                      self.network_thresholds.get("not_immunized_min_fraction", 0.6))
-        verdict = self._verdict(flagged, tf.reduce_any(refined > 0.5), thresholds)
-        refined = tf.where(verdict == 2, tf.ones_like(refined),
-                           tf.where(verdict == 0, tf.zeros_like(refined), refined))
-        threshold = tf.where(verdict == 1, otsu, FLAG_PROBABILITY)
         full_probability = tf.clip_by_value(full_view(probability, height, width), 0.0, 1.0)
-        mask = full_view(refined, height, width) >= 0.5
-        return {"verdict": tf.cast(verdict, tf.int32),
-                "probability": full_probability[0, :, :, 0], "mask": mask[0, :, :, 0],
-                "flagged_fraction": flagged, "threshold": threshold,
-                "evidence": tf.constant(0, tf.int32)}
+        return {"verdict": tf.constant(2, tf.int32),
+                "probability": full_probability[0, :, :, 0],
+                "mask": tf.ones([height, width], tf.bool), "flagged_fraction": flagged,
+                "threshold": tf.constant(FLAG_PROBABILITY, tf.float32),
+                "thresholds": _thresholds({**MARK_THRESHOLDS, **self.network_thresholds}),
+                "evidence": tf.constant(0, tf.int32),
+                **_geometry(0, 0, 0, 1.0, height, width)}
 
     # ----------------------------------------------------------------------------- recover
     def decoder_mask(self, mask):
@@ -311,20 +398,26 @@ class InferencePipeline:
         grown = grow_mask(self.decoder_mask(mask), RECOVERY_MARGIN)
         return tf.maximum(mask, tf.cast(full_view(grown, height, width) >= 0.5, tf.float32))
 
-    def recover(self, levels, mask, tampered=None):
+    def recover(self, levels, mask, tampered=None, quarter_turns=0):
         """[1, H, W, 3] levels and a [1, H, W, 1] 0/1 mask -> the photo with the content
         inside the mask reconstructed (whole levels; pixels outside the mask unchanged).
 
         `tampered` ([1, H, W, 1], default `mask`) is what the verifier found: the reference is
-        read from the blocks outside it, while `mask` (`recovery_mask` of it) is redrawn."""
+        read from the blocks outside it, while `mask` (`recovery_mask` of it) is redrawn.
+        `quarter_turns`: how `analyse` found the photo turned; it is recovered upright (where
+        its reference lies) and turned back."""
+        tampered = mask if tampered is None else tampered
+        upright = [alignment.rotate(x, -quarter_turns) for x in (levels, mask, tampered)]
+        return alignment.rotate(self._recover_upright(*upright), quarter_turns)
+
+    def _recover_upright(self, levels, mask, tampered):
         from imuge_tf.models.imuge import recover_working_size
 
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         network = recover_working_size(self.decoder, self.working(levels),
                                        self.decoder_mask(mask), prefill=self.decoder_prefill)
         network = tf.clip_by_value(full_view(network, height, width), 0.0, 1.0) * 255.0
-        reference, decoded, _, _ = self.read_reference(
-            levels, mask if tampered is None else tampered)
+        reference, decoded, _, _ = self.read_reference(levels, tampered)
         if self.refiner is not None:
             from imuge_tf.models.refiner import refine
 

@@ -295,6 +295,10 @@ class RemoteImuge:
                 "intact_max_fraction": round(float(outputs["intact_max_fraction"]), 6),
                 "not_immunized_min_fraction": round(
                     float(outputs["not_immunized_min_fraction"]), 6)},
+            evidence=str(outputs.get("evidence", "block_mark")),
+            rotation=90 * int(outputs.get("quarter_turns", 0)),
+            crop_origin=(int(outputs.get("origin_y", 0)), int(outputs.get("origin_x", 0))),
+            scale=float(outputs.get("scale", 1.0)),
         )
         return result, recovered
 

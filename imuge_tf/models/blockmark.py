@@ -111,10 +111,13 @@ def _unblocks(blocks, rows, columns, height, width):
                                  (0, width - columns * BLOCK)))
 
 
-def tiled_over_blocks(tile, rows, columns):
+def tiled_over_blocks(tile, rows, columns, place=None):
     """A keyed [TILE_BLOCKS, TILE_BLOCKS, k] tile repeated over rows x columns blocks:
-    [1, rows, columns, k]."""
+    [1, rows, columns, k]. `place` (row, column): the tile position of the first block, for a
+    photo cropped out of a larger one (None: (0, 0))."""
     tiles = keras.ops.convert_to_tensor(tile)
+    if place is not None:
+        tiles = keras.ops.roll(keras.ops.roll(tiles, -place[0], axis=0), -place[1], axis=1)
     repeats = ((rows + TILE_BLOCKS - 1) // TILE_BLOCKS, (columns + TILE_BLOCKS - 1) // TILE_BLOCKS,
                1)
     return keras.ops.tile(tiles, repeats)[None, :rows, :columns]
@@ -214,13 +217,14 @@ class BlockMark:
         whole block's coefficients with the keyed lattice (1 marked, ~0 unmarked)."""
         return self.read(levels)[0]
 
-    def read(self, levels):
+    def read(self, levels, place=None):
         """(`agreement`, flatness): flatness is 1 where every marked coefficient of the block
         is within FLAT_COEFFICIENT of 0, as on content painted over with one colour (a marked
-        block is so by chance in about 1 of 20,000 blocks, more often after strong JPEG)."""
+        block is so by chance in about 1 of 20,000 blocks, more often after strong JPEG).
+        `place`: the tile position of the first block (`tiled_over_blocks`)."""
         _, _, rows, columns = _grid(levels)
         coefficients = self._coefficients(levels)
-        phase = (coefficients - tiled_over_blocks(self.tile, rows, columns)) / self.step
+        phase = (coefficients - tiled_over_blocks(self.tile, rows, columns, place)) / self.step
         distance = keras.ops.abs(phase - keras.ops.round(phase))
         agreement = keras.ops.mean(1.0 - 4.0 * distance, axis=-1, keepdims=True)
         largest = keras.ops.max(keras.ops.abs(coefficients), axis=-1, keepdims=True)
