@@ -57,6 +57,11 @@ MARK_OPENING = 2  # blocks: removes isolated flagged blocks
 # flat (painted over) or whose own agreement is below this (unmarked blocks: about 0 +- 0.3;
 # marked: 0.9, 0.75 after JPEG 90).
 MARK_OWN_ABSENT = 0.4
+# Content binding (`_content`): cells whose records disagree must form a CONTENT_OPENING x
+# CONTENT_OPENING square of cells, and count only CONTENT_MARGIN blocks away from the mark's
+# own flags.
+CONTENT_OPENING = 2
+CONTENT_MARGIN = 4
 # Share of blocks that must carry the mark for the mark to be the evidence (by chance, a photo
 # that was never immunized has about 0.3 % of such blocks).
 MARK_PRESENT = 0.05
@@ -289,13 +294,30 @@ class InferencePipeline:
         geometry found: quarter turns, origin (the received photo's first pixel in the upright
         original, modulo the mark's tile), scale (received / original) and original size."""
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
-        unmarked, blocks = self._mark_evidence(levels)
+        agreement, flat = self.mark.read(levels)
+        unmarked, blocks = self._evidence(agreement, flat)
         as_received = self._mark_present(blocks)
         return tf.cond(
             as_received,
-            lambda: {**self._from_mark(unmarked, blocks, height, width),
+            lambda: {**self._from_mark(unmarked, blocks, height, width,
+                                       content=self._content(levels, agreement, blocks)),
                      **_geometry(0, 0, 0, 1.0, height, width)},
             lambda: self._realigned(levels))
+
+    def _content(self, levels, agreement, blocks):
+        """[1, rows, cols, 1] blocks of the cells whose content is not what their records
+        were made from (`SelfReference.mismatch`), read from the hosts the mark vouches for.
+        Cells flagged alone are left out: a splice covers several, while a record read wrong
+        (both copies, after strong JPEG) is one."""
+        flagged = tf.cast(blocks > FLAG_PROBABILITY, tf.float32)
+        hosts = 1.0 - tf.nn.max_pool2d(flagged, 3, 1, "SAME")
+        cells = self.reference.mismatch(self.mark.read_data(levels), hosts, agreement, levels)
+        cells = opening(cells, CONTENT_OPENING)
+        rows, columns = tf.shape(blocks)[1], tf.shape(blocks)[2]
+        scale = self.reference.blocks_per_cell
+        cell_blocks = tf.image.resize(cells, tf.shape(cells)[1:3] * scale, method="nearest")
+        return tf.pad(cell_blocks, [[0, 0], [0, rows - tf.shape(cell_blocks)[1]],
+                                    [0, columns - tf.shape(cell_blocks)[2]], [0, 0]])
 
     def _realigned(self, levels):
         """`analyse` of a photo whose grid is not where it was immunized: turned and cropped,
@@ -311,9 +333,15 @@ class InferencePipeline:
         cropped = upright[:, skip_y:, skip_x:]
         place = (tf.math.floormod((origin_y + skip_y) // BLOCK, TILE_BLOCKS),
                  tf.math.floormod((origin_x + skip_x) // BLOCK, TILE_BLOCKS))
-        unmarked, blocks = self._evidence(*self.mark.read(cropped, place))
+        agreement, flat = self.mark.read(cropped, place)
+        unmarked, blocks = self._evidence(agreement, flat)
         height, width = tf.shape(upright)[1], tf.shape(upright)[2]
-        found = self._from_mark(unmarked, blocks, height, width, skip_y, skip_x)
+        # Only a photo that was turned, not cropped, has its records where they were written.
+        content = tf.cond(tf.reduce_all(tf.equal(tf.stack([origin_y, origin_x]), 0)),
+                          lambda: self._content(cropped, agreement, blocks),
+                          lambda: tf.zeros_like(blocks))
+        found = self._from_mark(unmarked, blocks, height, width, skip_y, skip_x,
+                                content=content)
         for name in ("probability", "mask"):
             turned = alignment.rotate(tf.cast(found[name], tf.float32)[None, :, :, None], turns)
             found[name] = tf.cast(turned[0, :, :, 0], found[name].dtype)
@@ -347,9 +375,15 @@ class InferencePipeline:
         return {**found, **_geometry(0, 0, 0, scale, original_height, original_width)}
 
     def _from_mark(self, unmarked, blocks, height, width, top=0, left=0,
-                   opening_blocks=MARK_OPENING, thresholds=None):
+                   opening_blocks=MARK_OPENING, thresholds=None, content=None):
+        """The verdict and maps from the mark's block probabilities; `content` ([1, rows,
+        cols, 1]) adds the cells found spliced (`_content`) where the mark flags nothing
+        near (next to a flagged area the mark's own edge is finer than a cell)."""
         thresholds = thresholds or MARK_THRESHOLDS
         flagged_blocks = opening(tf.cast(blocks > FLAG_PROBABILITY, tf.float32), opening_blocks)
+        if content is not None:
+            content = content * (1.0 - grow_mask(flagged_blocks, CONTENT_MARGIN))
+            flagged_blocks = tf.maximum(flagged_blocks, content)
         flagged = tf.reduce_mean(flagged_blocks)
         core = opening(flagged_blocks, MARK_OPENING)
         edge = grow_mask(core, 1) * unmarked

@@ -48,6 +48,10 @@ SLOTS = 2
 # 1,000 slots, and then the parity refuses 3 of 4).
 HOST_AGREEMENT = 0.3
 FILL_CELLS = 3  # cells without a copy are interpolated from decoded cells this close
+# `mismatch`: a received cell agrees with a record while each of its values is within this many
+# quantization steps (the record's rounding, JPEG down to quality 70 and the immunization's
+# own change stay within one).
+MISMATCH_STEPS = 2
 SHIFT_DENOMINATOR = 256  # keyed shifts are multiples of 1/256 of the grid: exact arithmetic
 
 # JPEG's RGB -> YCbCr weights in 1/256: the means of a quarter are whole-number sums below
@@ -106,6 +110,8 @@ class SelfReference:
         self.parity_weights = parity
 
     # ---------------------------------------------------------------------------- geometry
+    blocks_per_cell = BLOCKS_PER_CELL
+
     @staticmethod
     def cells(height, width):
         """Rows and columns of whole cells of a photo."""
@@ -187,6 +193,18 @@ class SelfReference:
             holds a decoded record, copies [1, R, C, 1] how many copies of each cell counted,
             records [1, R, C, RECORD_BITS] the decoded bits).
         """
+        total = 0.0
+        weight = 0.0
+        for bits, counts in self._copies(soft_bits, host_valid, agreement, height, width):
+            total = total + bits * counts
+            weight = weight + counts
+        hard = tf.cast(total < 0.0, tf.float32)
+        decoded = tf.cast(weight > 0, tf.float32)
+        return self._reconstruct(self.values(hard), decoded, height, width) + (weight, hard)
+
+    def _copies(self, soft_bits, host_valid, agreement, height, width):
+        """Per slot, (soft bits [1, R, C, RECORD_BITS], counts [1, R, C, 1]) of each cell's
+        copy, at the cell it describes; counts is 1 where the copy counts (`read`)."""
         rows, columns = self.cells(height, width)
         host_rows, host_columns = rows * BLOCKS_PER_CELL, columns * BLOCKS_PER_CELL
         signs = 1.0 - 2.0 * self._whitening(host_rows, host_columns)
@@ -195,8 +213,7 @@ class SelfReference:
         valid = tf.nn.space_to_depth(host_valid[:, :host_rows, :host_columns], BLOCKS_PER_CELL)
         marked = tf.nn.space_to_depth(agreement[:, :host_rows, :host_columns], BLOCKS_PER_CELL)
         half = BLOCKS_PER_CELL * BLOCKS_PER_CELL // SLOTS
-        total = 0.0
-        weight = 0.0
+        copies = []
         for slot, (row, column) in enumerate(self.shifts(rows, columns)):
             bits = soft[..., slot * RECORD_BITS:(slot + 1) * RECORD_BITS]
             hosts = slice(slot * half, (slot + 1) * half)
@@ -207,11 +224,33 @@ class SelfReference:
             # The copy hosted at h describes the cell at h + shift: move it back.
             back_rows, back_columns = (rows - row) % tf.maximum(rows, 1), \
                 (columns - column) % tf.maximum(columns, 1)
-            total = total + _shifted(bits * counts, back_rows, back_columns)
-            weight = weight + _shifted(counts, back_rows, back_columns)
-        hard = tf.cast(total < 0.0, tf.float32)
-        decoded = tf.cast(weight > 0, tf.float32)
-        return self._reconstruct(self.values(hard), decoded, height, width) + (weight, hard)
+            copies.append((_shifted(bits, back_rows, back_columns),
+                           _shifted(counts, back_rows, back_columns)))
+        return copies
+
+    def mismatch(self, soft_bits, host_valid, agreement, photo):
+        """[1, R, C, 1]: 1 where a cell's content is not what its record was made from: every
+        copy of the record that counts (`read`) has a value more than MISMATCH_STEPS
+        quantization steps away from the cell as received, and one copy at least counts.
+
+        This binds the block mark to the content: blocks spliced in from another photo
+        immunized with the same key carry a valid mark, but not this photo's records. A copy
+        hosted in such blocks describes another photo; the other copy, hosted elsewhere,
+        still agrees, so the cell it describes is not flagged."""
+        height, width = tf.shape(photo)[1], tf.shape(photo)[2]
+        received = self._indices(self.record(photo))
+        agreeing = 0.0
+        counted = 0.0
+        for bits, counts in self._copies(soft_bits, host_valid, agreement, height, width):
+            indices = self._indices(tf.cast(bits < 0.0, tf.float32))
+            far = tf.reduce_max(tf.abs(indices - received), axis=-1, keepdims=True)
+            agreeing = agreeing + counts * tf.cast(far <= MISMATCH_STEPS, tf.float32)
+            counted = counted + counts
+        return tf.cast(tf.logical_and(counted > 0, agreeing == 0), tf.float32)
+
+    def _indices(self, bits):
+        """[.., RECORD_BITS] 0/1 -> [.., 6] the quantized values (0 .. 2^VALUE_BITS - 1)."""
+        return tf.matmul(bits, tf.constant(self.value_weights))
 
     def values(self, bits):
         """[.., RECORD_BITS] 0/1 records -> [.., 6] their values in levels (quantization
