@@ -51,7 +51,11 @@ RECOVERY_MARGIN = 4
 MARK_WINDOW = 3
 MARK_ABSENT = 0.12
 MARK_PRESENT_LEVEL = 0.42
-MARK_OPENING = 2  # blocks: removes isolated flagged blocks
+MARK_OPENING = 2  # blocks: removes isolated flagged blocks from the mask's core
+# For the verdict, a flagged area must hold a square of this many blocks a side: strong JPEG
+# can leave a few scattered blocks of a high-contrast edge unreadable (a cross of 5 blocks, not
+# a 3 x 3 square), while any tamper worth reporting covers squares of them.
+VERDICT_OPENING = 3
 # The neighbourhood mean that makes detection reliable also pulls the blocks at a tamper's edge
 # towards their marked neighbours; the mask takes back, next to flagged blocks, those that are
 # flat (painted over) or whose own agreement is below this (unmarked blocks: about 0 +- 0.3;
@@ -375,7 +379,7 @@ class InferencePipeline:
         return {**found, **_geometry(0, 0, 0, scale, original_height, original_width)}
 
     def _from_mark(self, unmarked, blocks, height, width, top=0, left=0,
-                   opening_blocks=MARK_OPENING, thresholds=None, content=None):
+                   opening_blocks=VERDICT_OPENING, thresholds=None, content=None):
         """The verdict and maps from the mark's block probabilities; `content` ([1, rows,
         cols, 1]) adds the cells found spliced (`_content`) where the mark flags nothing
         near (next to a flagged area the mark's own edge is finer than a cell)."""
