@@ -5,11 +5,12 @@ model and the camera's TFLite model export as they are: everything happens at th
 size and aspect ratio (the networks at a working scale whose long side is the training size,
 the block mark in the photo's own 8 x 8 grid).
 
-The verdict uses the share of the photo flagged. Where the block mark is the evidence, its
-thresholds are fixed (`pipeline.MARK_THRESHOLDS`); where the learned verifier is (no block
-carries the mark), they are calibrated on held-out photos and stored in `imuge.json`
-(`calibrate`): below `intact_max_fraction` the photo is intact; at or above
-`not_immunized_min_fraction` the whole photo lacks the immunization; in between it is tampered.
+The verdict uses the share of the photo flagged by the keyed block mark (found as received,
+or on a turned, cropped or resized grid), against fixed thresholds (`pipeline.MARK_THRESHOLDS`):
+below `intact_max_fraction` the photo is intact; at or above `not_immunized_min_fraction` the
+whole photo lacks the immunization; in between it is tampered. Where no keyed mark is found,
+the photo is not immunized (with this key). `calibrate` still measures thresholds for the
+learned verifier's own map (`probability`), which no longer makes verdicts.
 """
 
 import json
