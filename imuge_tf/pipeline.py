@@ -67,8 +67,10 @@ MARK_OWN_ABSENT = 0.4
 CONTENT_OPENING = 2
 CONTENT_MARGIN = 4
 # Share of blocks that must carry the mark for the mark to be the evidence (by chance, a photo
-# that was never immunized has about 0.3 % of such blocks).
+# that was never immunized has about 0.3 % of such blocks), and how far above chance the
+# photo's mean agreement must be.
 MARK_PRESENT = 0.05
+MARK_SIGNIFICANCE = 6.0
 # Verdict thresholds (shares of flagged pixels) when the mark is the evidence: an untouched
 # immunized photo flags none, a never-immunized one all of it.
 MARK_THRESHOLDS = {"intact_max_fraction": 0.002, "not_immunized_min_fraction": 0.9}
@@ -267,13 +269,21 @@ class InferencePipeline:
 
     def is_immunized(self, levels):
         """Whether the photo as it is carries the block mark (a scalar bool)."""
-        return self._mark_present(self._mark_evidence(levels)[1])
+        agreement, flat = self.mark.read(levels)
+        return self._mark_present(self._evidence(agreement, flat)[1], agreement)
 
     @staticmethod
-    def _mark_present(blocks):
-        """Whether the photo carries the block mark (the share of blocks whose tamper
-        probability is low reaches MARK_PRESENT)."""
-        return tf.reduce_mean(tf.cast(blocks < FLAG_PROBABILITY, tf.float32)) >= MARK_PRESENT
+    def _mark_present(blocks, agreement):
+        """Whether the photo carries the block mark: the share of blocks whose tamper
+        probability is low reaches MARK_PRESENT, and the mean agreement over the photo stands
+        MARK_SIGNIFICANCE standard deviations above what unmarked content gives by chance (a
+        block's agreement has variance 1/12 there). The second part matters on small photos,
+        where a few blocks match the lattice by chance."""
+        share = tf.reduce_mean(tf.cast(blocks < FLAG_PROBABILITY, tf.float32))
+        count = tf.cast(tf.size(agreement), tf.float32)
+        chance = tf.sqrt(1.0 / (12.0 * tf.maximum(count, 1.0)))
+        return tf.logical_and(share >= MARK_PRESENT,
+                              tf.reduce_mean(agreement) >= MARK_SIGNIFICANCE * chance)
 
     def _blocks_to_pixels(self, blocks, height, width, top=0, left=0):
         """Block map [1, rows, cols, 1] -> [1, H, W, 1], each block over its 8 x 8 pixels and
@@ -300,7 +310,7 @@ class InferencePipeline:
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         agreement, flat = self.mark.read(levels)
         unmarked, blocks = self._evidence(agreement, flat)
-        as_received = self._mark_present(blocks)
+        as_received = self._mark_present(blocks, agreement)
         return tf.cond(
             as_received,
             lambda: {**self._from_mark(unmarked, blocks, height, width,
@@ -313,21 +323,29 @@ class InferencePipeline:
         were made from (`SelfReference.mismatch`), read from the hosts the mark vouches for.
         Cells flagged alone are left out: a splice covers several, while a record read wrong
         (both copies, after strong JPEG) is one."""
-        flagged = tf.cast(blocks > FLAG_PROBABILITY, tf.float32)
-        hosts = 1.0 - tf.nn.max_pool2d(flagged, 3, 1, "SAME")
-        cells = self.reference.mismatch(self.mark.read_data(levels), hosts, agreement, levels)
-        cells = opening(cells, CONTENT_OPENING)
         rows, columns = tf.shape(blocks)[1], tf.shape(blocks)[2]
         scale = self.reference.blocks_per_cell
-        cell_blocks = tf.image.resize(cells, tf.shape(cells)[1:3] * scale, method="nearest")
-        return tf.pad(cell_blocks, [[0, 0], [0, rows - tf.shape(cell_blocks)[1]],
-                                    [0, columns - tf.shape(cell_blocks)[2]], [0, 0]])
+
+        def mismatched():
+            flagged = tf.cast(blocks > FLAG_PROBABILITY, tf.float32)
+            hosts = 1.0 - tf.nn.max_pool2d(flagged, 3, 1, "SAME")
+            cells = self.reference.mismatch(self.mark.read_data(levels), hosts, agreement,
+                                            levels)
+            cells = opening(cells, CONTENT_OPENING)
+            cell_blocks = tf.image.resize(cells, tf.shape(cells)[1:3] * scale,
+                                          method="nearest")
+            return tf.pad(cell_blocks, [[0, 0], [0, rows - tf.shape(cell_blocks)[1]],
+                                        [0, columns - tf.shape(cell_blocks)[2]], [0, 0]])
+
+        # A photo smaller than one cell has no records to compare.
+        return tf.cond(tf.minimum(rows, columns) >= scale, mismatched,
+                       lambda: tf.zeros_like(blocks))
 
     def _realigned(self, levels):
         """`analyse` of a photo whose grid is not where it was immunized: turned and cropped,
         else resized, else not immunized with this key at all."""
-        score, turns, origin_y, origin_x = self.alignment.search_crop(levels)
-        return tf.cond(score >= alignment.CROP_FOUND,
+        found, turns, origin_y, origin_x = self.alignment.search_crop(levels)
+        return tf.cond(found,
                        lambda: self._from_crop(levels, turns, origin_y, origin_x),
                        lambda: self._resized(levels))
 
@@ -471,7 +489,8 @@ class InferencePipeline:
         agreement, flat = self.mark.read(levels)
         # A photo that does not carry the mark carries no reference either: the few blocks
         # that match the lattice by chance must not be read as records.
-        present = tf.cast(self._mark_present(self._evidence(agreement, flat)[1]), tf.float32)
+        present = tf.cast(self._mark_present(self._evidence(agreement, flat)[1], agreement),
+                          tf.float32)
         # A block next to a tampered one may hold part of the tamper that the mask missed.
         blocked = tf.nn.max_pool2d(tf.nn.max_pool2d(mask, BLOCK, BLOCK, "VALID"), 3, 1, "SAME")
         return self.reference.read(self.mark.read_data(levels), (1.0 - blocked) * present,

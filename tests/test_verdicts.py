@@ -223,3 +223,22 @@ def test_cli_key_file_and_reimmunize(tmp_path, photo_dir):
     missing = imuge("verify", protected, "--key-file", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "key file" in missing.stderr
     assert "Traceback" not in missing.stderr + again.stderr
+
+
+def test_small_photos_and_random_crops_are_never_mistaken(owner):
+    """Small photos hold few blocks, so chance matches with the keyed lattice weigh more (and
+    the crop search scores millions of candidates): never-immunized crops of any size stay
+    `not_immunized`, immunized ones `intact`."""
+    rng = np.random.default_rng(7)
+    wrong = []
+    for index in range(24):
+        photo = sample_photo(SAMPLE_PHOTO_NAMES[index % len(SAMPLE_PHOTO_NAMES)])
+        height, width = rng.integers(16, 300, size=2)
+        top = rng.integers(0, photo.shape[0] - height + 1)
+        left = rng.integers(0, photo.shape[1] - width + 1)
+        crop = np.ascontiguousarray(photo[top:top + height, left:left + width])
+        if owner.verify(crop).verdict != "not_immunized":
+            wrong.append(("never", crop.shape))
+        if owner.verify(owner.immunize(crop)).verdict != "intact":
+            wrong.append(("immunized", crop.shape))
+    assert not wrong

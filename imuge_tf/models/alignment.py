@@ -41,7 +41,11 @@ SCALE_FINE_SIDE = 256
 SCALE_FINE_CENTRES = ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
 # Scores are mean agreements with the keyed lattice (1 marked, about 0 unmarked); a candidate
 # is taken when its score reaches these (the noise maxima over all candidates stay far below).
+# A small photo's region has few blocks and a wide noise: a crop is also taken only
+# CROP_NOISE_SIGMAS standard deviations of its score on unmarked content above 0 (the maximum
+# of ~4 million candidates' noise lies about 5.3 of them above).
 CROP_FOUND = 0.12
+CROP_NOISE_SIGMAS = 7.0
 SCALE_FOUND = 0.1
 
 
@@ -64,20 +68,26 @@ class MarkAlignment:
 
     # ------------------------------------------------------------------- crops and turns
     def search_crop(self, levels):
-        """[1, H, W, 3] levels -> (score, quarter turns, origin_y, origin_x).
+        """[1, H, W, 3] levels -> (found, quarter turns, origin_y, origin_x).
 
         The received photo is the original turned counter-clockwise by `quarter turns` x 90
         degrees and then cropped; after turning it back, its pixel (0, 0) is the original's
-        (origin_y, origin_x), modulo TILE_BLOCKS x 8 pixels."""
+        (origin_y, origin_x), modulo TILE_BLOCKS x 8 pixels. `found`: whether the best
+        candidate's score clears CROP_FOUND and the noise of a region this size."""
         found = [self._search_orientation(rotate(levels, -turns)) for turns in range(4)]
-        scores = tf.stack([score for score, _, _ in found])
+        scores = tf.stack([score for score, _, _, _ in found])
         best = tf.argmax(scores, output_type=tf.int32)
-        origin_y = tf.gather(tf.stack([y for _, y, _ in found]), best)
-        origin_x = tf.gather(tf.stack([x for _, _, x in found]), best)
-        return tf.reduce_max(scores), best, origin_y, origin_x
+        origin_y = tf.gather(tf.stack([y for _, y, _, _ in found]), best)
+        origin_x = tf.gather(tf.stack([x for _, _, x, _ in found]), best)
+        noise = tf.gather(tf.stack([noise for _, _, _, noise in found]), best)
+        score = tf.reduce_max(scores)
+        return (tf.logical_and(score >= CROP_FOUND, score >= CROP_NOISE_SIGMAS * noise), best,
+                origin_y, origin_x)
 
     def _search_orientation(self, levels):
-        """(score, origin_y, origin_x) of the best crop offset of an upright photo."""
+        """(score, origin_y, origin_x, noise) of the best crop offset of an upright photo;
+        noise: the standard deviation of a score on unmarked content (a phasor's real part
+        has variance 1/2)."""
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         side_y = tf.maximum(BLOCK, tf.minimum(CROP_SEARCH_SIDE, (height - BLOCK) // BLOCK * BLOCK))
         side_x = tf.maximum(BLOCK, tf.minimum(CROP_SEARCH_SIDE, (width - BLOCK) // BLOCK * BLOCK))
@@ -109,7 +119,8 @@ class MarkAlignment:
                                     period)
         origin_x = tf.math.floormod(BLOCK * (place % TILE_BLOCKS) - left - offset % BLOCK,
                                     period)
-        return tf.reduce_max(flat), origin_y, origin_x
+        noise = tf.sqrt(0.5 / tf.cast(count * rows * columns, tf.float32))
+        return tf.reduce_max(flat), origin_y, origin_x, noise
 
     # ------------------------------------------------------------------------------ resizes
     def search_scale(self, levels):
