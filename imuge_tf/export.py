@@ -444,7 +444,7 @@ class _ServingGraph:
         recovered = tf.cond(
             tampered,
             lambda: self.pipeline.recover(levels, self.pipeline.recovery_mask(mask), mask,
-                                          found["quarter_turns"]),
+                                          found["quarter_turns"], found["origin"]),
             lambda: levels)
         return found, recovered, found["thresholds"]
 

@@ -306,7 +306,8 @@ class Imuge:
                 tf.function(pipeline.immunize, input_signature=[photo]),
                 tf.function(pipeline.analyse, input_signature=[photo]),
                 tf.function(pipeline.recover, input_signature=[
-                    photo, mask, mask, tf.TensorSpec([], tf.int32)]),
+                    photo, mask, mask, tf.TensorSpec([], tf.int32),
+                    tf.TensorSpec([2], tf.int32)]),
                 tf.function(pipeline.recovery_mask, input_signature=[mask]),
                 tf.function(pipeline.is_immunized, input_signature=[photo]),
             )
@@ -386,7 +387,7 @@ class Imuge:
         if result.verdict != "tampered":
             return photo.copy()
         return self._recover(photo, self.recovery_mask(result.mask), result.mask,
-                             result.rotation // 90)
+                             result.rotation // 90, result.crop_origin)
 
     def recovery_mask(self, mask) -> np.ndarray:
         """The area `recover` redraws: `mask` (H x W bool) grown by RECOVERY_MARGIN
@@ -407,11 +408,12 @@ class Imuge:
             return photo.copy()
         return self._recover(photo, mask, mask)
 
-    def _recover(self, photo, mask, tampered, quarter_turns=0):
+    def _recover(self, photo, mask, tampered, quarter_turns=0, crop_origin=(0, 0)):
         recovered = self._compiled()[3](_photo_tensor(photo),
                                         np.asarray(mask, np.float32)[None, :, :, None],
                                         np.asarray(tampered, np.float32)[None, :, :, None],
-                                        np.int32(quarter_turns))
+                                        np.int32(quarter_turns),
+                                        np.asarray(crop_origin, np.int32))
         return np.asarray(recovered, dtype=np.float32)[0].astype(np.uint8)
 
 

@@ -318,28 +318,36 @@ class InferencePipeline:
                      **_geometry(0, 0, 0, 1.0, height, width)},
             lambda: self._realigned(levels))
 
-    def _content(self, levels, agreement, blocks):
+    def _content(self, levels, agreement, blocks, place=None):
         """[1, rows, cols, 1] blocks of the cells whose content is not what their records
         were made from (`SelfReference.mismatch`), read from the hosts the mark vouches for.
-        Cells flagged alone are left out: a splice covers several, while a record read wrong
-        (both copies, after strong JPEG) is one."""
+        `levels` starts a block whose tile position is `place` (None: (0, 0)); it is cut to
+        the next cell. Cells flagged alone are left out: a splice covers several, while a
+        record read wrong (both copies, after strong JPEG) is one."""
         rows, columns = tf.shape(blocks)[1], tf.shape(blocks)[2]
-        scale = self.reference.blocks_per_cell
+        per_cell = self.reference.blocks_per_cell
+        place = (0, 0) if place is None else place
+        extra = [tf.math.floormod(-tf.cast(value, tf.int32), per_cell) for value in place]
+        cut_place = tuple(tf.math.floormod(tf.cast(value, tf.int32) + more, TILE_BLOCKS)
+                          for value, more in zip(place, extra))
 
         def mismatched():
             flagged = tf.cast(blocks > FLAG_PROBABILITY, tf.float32)
-            hosts = 1.0 - tf.nn.max_pool2d(flagged, 3, 1, "SAME")
-            cells = self.reference.mismatch(self.mark.read_data(levels), hosts, agreement,
-                                            levels)
+            hosts = (1.0 - tf.nn.max_pool2d(flagged, 3, 1, "SAME"))[:, extra[0]:, extra[1]:]
+            cut = levels[:, extra[0] * BLOCK:, extra[1] * BLOCK:]
+            cells = self.reference.mismatch(self.mark.read_data(cut, cut_place), hosts,
+                                            agreement[:, extra[0]:, extra[1]:], cut,
+                                            cut_place)
             cells = opening(cells, CONTENT_OPENING)
-            cell_blocks = tf.image.resize(cells, tf.shape(cells)[1:3] * scale,
+            cell_blocks = tf.image.resize(cells, tf.shape(cells)[1:3] * per_cell,
                                           method="nearest")
-            return tf.pad(cell_blocks, [[0, 0], [0, rows - tf.shape(cell_blocks)[1]],
-                                        [0, columns - tf.shape(cell_blocks)[2]], [0, 0]])
+            return tf.pad(cell_blocks, [
+                [0, 0], [extra[0], rows - extra[0] - tf.shape(cell_blocks)[1]],
+                [extra[1], columns - extra[1] - tf.shape(cell_blocks)[2]], [0, 0]])
 
         # A photo smaller than one cell has no records to compare.
-        return tf.cond(tf.minimum(rows, columns) >= scale, mismatched,
-                       lambda: tf.zeros_like(blocks))
+        return tf.cond(tf.minimum(rows - extra[0], columns - extra[1]) >= per_cell,
+                       mismatched, lambda: tf.zeros_like(blocks))
 
     def _realigned(self, levels):
         """`analyse` of a photo whose grid is not where it was immunized: turned and cropped,
@@ -358,10 +366,7 @@ class InferencePipeline:
         agreement, flat = self.mark.read(cropped, place)
         unmarked, blocks = self._evidence(agreement, flat)
         height, width = tf.shape(upright)[1], tf.shape(upright)[2]
-        # Only a photo that was turned, not cropped, has its records where they were written.
-        content = tf.cond(tf.reduce_all(tf.equal(tf.stack([origin_y, origin_x]), 0)),
-                          lambda: self._content(cropped, agreement, blocks),
-                          lambda: tf.zeros_like(blocks))
+        content = self._content(cropped, agreement, blocks, place)
         found = self._from_mark(unmarked, blocks, height, width, skip_y, skip_x,
                                 content=content)
         for name in ("probability", "mask"):
@@ -454,26 +459,27 @@ class InferencePipeline:
         grown = grow_mask(self.decoder_mask(mask), RECOVERY_MARGIN)
         return tf.maximum(mask, tf.cast(full_view(grown, height, width) >= 0.5, tf.float32))
 
-    def recover(self, levels, mask, tampered=None, quarter_turns=0):
+    def recover(self, levels, mask, tampered=None, quarter_turns=0, origin=None):
         """[1, H, W, 3] levels and a [1, H, W, 1] 0/1 mask -> the photo with the content
         inside the mask reconstructed (whole levels; pixels outside the mask unchanged).
 
         `tampered` ([1, H, W, 1], default `mask`) is what the verifier found: the reference is
         read from the blocks outside it, while `mask` (`recovery_mask` of it) is redrawn.
-        `quarter_turns`: how `analyse` found the photo turned; it is recovered upright (where
-        its reference lies) and turned back."""
+        `quarter_turns` and `origin` ([2], the crop's origin): how `analyse` found the photo
+        turned and cropped; it is recovered upright (where its reference lies) and turned
+        back."""
         tampered = mask if tampered is None else tampered
         upright = [alignment.rotate(x, -quarter_turns) for x in (levels, mask, tampered)]
-        return alignment.rotate(self._recover_upright(*upright), quarter_turns)
+        return alignment.rotate(self._recover_upright(*upright, origin), quarter_turns)
 
-    def _recover_upright(self, levels, mask, tampered):
+    def _recover_upright(self, levels, mask, tampered, origin):
         from imuge_tf.models.imuge import recover_working_size
 
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
         network = recover_working_size(self.decoder, self.working(levels),
                                        self.decoder_mask(mask), prefill=self.decoder_prefill)
         network = tf.clip_by_value(full_view(network, height, width), 0.0, 1.0) * 255.0
-        reference, decoded, _, _ = self.read_reference(levels, tampered)
+        reference, decoded = self.read_reference(levels, tampered, origin)[:2]
         if self.refiner is not None:
             from imuge_tf.models.refiner import refine
 
@@ -481,17 +487,33 @@ class InferencePipeline:
         recovered = tf.round(tf.where(decoded > 0.5, reference, network))
         return tf.where(mask > 0.5, recovered, levels)
 
-    def read_reference(self, levels, mask):
+    def read_reference(self, levels, mask, origin=None):
         """The self-embedded reference of a received photo, read from the blocks outside
         `mask` ([1, H, W, 1] 0/1): (reference [1, H, W, 3] levels, decoded [1, H, W, 1],
-        copies per cell [1, R, C, 1], records); see `SelfReference.read`."""
-        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
-        agreement, flat = self.mark.read(levels)
+        copies per cell [1, R, C, 1], records); see `SelfReference.read`. `origin` ([2]): the
+        crop's origin found by `analyse` (None: (0, 0)). The photo is cut to the cell grid;
+        the edge strips are filled like the photo's edges."""
+        origin = tf.zeros([2], tf.int32) if origin is None else tf.cast(origin, tf.int32)
+        cell = self.reference.blocks_per_cell * BLOCK
+        skip = tf.math.floormod(-origin, cell)
+        cut, cut_mask = levels[:, skip[0]:, skip[1]:], mask[:, skip[0]:, skip[1]:]
+        place = tuple(tf.math.floormod((origin[axis] + skip[axis]) // BLOCK, TILE_BLOCKS)
+                      for axis in (0, 1))
+        agreement, valid = self._host_validity(cut, cut_mask, place)
+        reference, decoded, copies, records = self.reference.read(
+            self.mark.read_data(cut, place), valid, agreement, cut, place)
+        padding = [[0, 0], [skip[0], 0], [skip[1], 0], [0, 0]]
+        return (tf.pad(reference, padding, mode="SYMMETRIC"), tf.pad(decoded, padding),
+                copies, records)
+
+    def _host_validity(self, levels, mask, place=None):
+        """(the mark's agreement, 1 where a block may host records): outside `mask` grown by
+        a block, and only if the photo carries the mark at all."""
+        agreement, flat = self.mark.read(levels, place)
         # A photo that does not carry the mark carries no reference either: the few blocks
         # that match the lattice by chance must not be read as records.
         present = tf.cast(self._mark_present(self._evidence(agreement, flat)[1], agreement),
                           tf.float32)
         # A block next to a tampered one may hold part of the tamper that the mask missed.
         blocked = tf.nn.max_pool2d(tf.nn.max_pool2d(mask, BLOCK, BLOCK, "VALID"), 3, 1, "SAME")
-        return self.reference.read(self.mark.read_data(levels), (1.0 - blocked) * present,
-                                   agreement, height, width)
+        return agreement, (1.0 - blocked) * present

@@ -93,6 +93,28 @@ def test_recovery_of_a_turned_photo_reads_its_reference(owner, immunized):
     assert error < received_error / 4
 
 
+def test_recovery_of_a_cropped_photo_finds_where_its_records_are(owner, immunized):
+    """After a crop the records' placement (which depends on the original size) is found
+    again: recovery reads the reference, not only the decoder."""
+    protected = immunized["astronaut"]
+    truth = np.zeros(protected.shape[:2], bool)
+    truth[150:260, 200:330] = True
+    tampered = np.where(truth[:, :, None], 255 - protected, protected)
+    # Cut at the top and left (offsets off the 8 x 8 grid), keeping the tamper's records,
+    # which lie about half the photo away.
+    received, received_truth = tampered[13:, 21:], truth[13:, 21:]
+    result = owner.verify(received)
+    assert result.verdict == "tampered" and result.crop_origin == (13, 21)
+    _, decoded, _, _ = owner.pipeline.read_reference(
+        received[None].astype(np.float32), result.mask[None, :, :, None].astype(np.float32),
+        np.asarray(result.crop_origin, np.int32))
+    assert np.asarray(decoded)[0, :, :, 0][received_truth].mean() > 0.9
+    recovered = owner.recover(received, result)
+    original = sample_photo("astronaut")[13:, 21:].astype(float)
+    error = np.abs(recovered.astype(float) - original)[received_truth].mean()
+    assert error < np.abs(received.astype(float) - original)[received_truth].mean() / 4
+
+
 @pytest.mark.parametrize("factor", [0.5, 0.75])
 def test_a_downscaled_photo_is_intact_and_its_scale_found(owner, immunized, factor):
     protected = immunized["retina"]  # 1411 px: a resize leaves a photo big enough to read

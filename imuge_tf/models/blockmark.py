@@ -230,10 +230,12 @@ class BlockMark:
         largest = keras.ops.max(keras.ops.abs(coefficients), axis=-1, keepdims=True)
         return agreement, keras.ops.cast(largest < FLAT_COEFFICIENT, agreement.dtype)
 
-    def read_data(self, levels):
+    def read_data(self, levels, place=None):
         """[B, H, W, 3] levels -> [B, H // 8, W // 8, data_bits] soft bits in [-1, 1]: +1 reads
-        as 0, -1 as 1, and the magnitude is the confidence (about 0 on unmarked content)."""
+        as 0, -1 as 1, and the magnitude is the confidence (about 0 on unmarked content).
+        `place`: the tile position of the first block (`tiled_over_blocks`)."""
         _, _, rows, columns = _grid(levels)
         coefficients = self._coefficients(levels, self.data_kernel)
-        phase = (coefficients - tiled_over_blocks(self.data_tile, rows, columns)) / DATA_LATTICE
+        offsets = tiled_over_blocks(self.data_tile, rows, columns, place)
+        phase = (coefficients - offsets) / DATA_LATTICE
         return keras.ops.cos(2.0 * np.pi * phase)

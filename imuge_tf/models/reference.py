@@ -52,6 +52,17 @@ FILL_CELLS = 3  # cells without a copy are interpolated from decoded cells this 
 # quantization steps (the record's rounding, JPEG down to quality 70 and the immunization's
 # own change stay within one).
 MISMATCH_STEPS = 2
+# `locate` (a cropped photo's original grid): originals up to this many times the crop along
+# each side, a sample of this many hosts along each side, and the matches needed.
+# A copy agrees with a cell within LOCATE_STEPS quantization steps per value; the grid as
+# received is taken where LOCATE_PLAIN_SHARE of the counted copies agree (all but a few, on
+# untouched content; a wrong grid agrees only in flat areas).
+LOCATE_MAX_GROWTH = 2
+LOCATE_SAMPLES_PER_SIDE = 8
+LOCATE_STEPS = 1
+LOCATE_PLAIN_SHARE = 0.7
+LOCATE_MIN_MATCHES = 8.0
+LOCATE_MIN_SHARE = 0.1
 SHIFT_DENOMINATOR = 256  # keyed shifts are multiples of 1/256 of the grid: exact arithmetic
 
 # JPEG's RGB -> YCbCr weights in 1/256: the means of a quarter are whole-number sums below
@@ -69,6 +80,13 @@ def _shifted(grid, rows, columns):
     slices and concatenations (TFLite has no roll)."""
     grid = tf.concat([grid[:, rows:], grid[:, :rows]], axis=1)
     return tf.concat([grid[:, :, columns:], grid[:, :, :columns]], axis=2)
+
+
+def _spread(count):
+    """Up to LOCATE_SAMPLES_PER_SIDE indices spread evenly over range(count)."""
+    samples = tf.minimum(count, LOCATE_SAMPLES_PER_SIDE)
+    return tf.cast(tf.round(tf.linspace(0.0, tf.cast(tf.maximum(count - 1, 0), tf.float32),
+                                        samples)), tf.int32)
 
 
 def _normalized_fill(values, weights, steps):
@@ -129,9 +147,10 @@ class SelfReference:
             shifts.append((row, column))
         return shifts
 
-    def _whitening(self, rows, columns):
-        """[1, rows, columns, 4] keyed bits over the host blocks."""
-        return tiled_over_blocks(self.whitening, rows, columns)
+    def _whitening(self, rows, columns, place=None):
+        """[1, rows, columns, 4] keyed bits over the host blocks (`place`: the tile position
+        of the first, for a cropped photo)."""
+        return tiled_over_blocks(self.whitening, rows, columns, place)
 
     # ------------------------------------------------------------------------------ record
     def means(self, photo):
@@ -178,7 +197,7 @@ class SelfReference:
         return tf.pad(hosted, padding), present
 
     # -------------------------------------------------------------------------------- read
-    def read(self, soft_bits, host_valid, agreement, height, width):
+    def read(self, soft_bits, host_valid, agreement, photo, place=None):
         """Decodes the reference of a received photo.
 
         Args:
@@ -186,49 +205,165 @@ class SelfReference:
                 (`BlockMark.read_data`).
             host_valid: [1, H // 8, W // 8, 1] 1 where a block lies outside the tamper mask.
             agreement: [1, H // 8, W // 8, 1] the block mark's agreement per block.
-            height, width: the photo's size.
+            photo: [1, H, W, 3] the received photo (levels), cut so that its first pixel
+                starts a cell.
+            place: the tile position of its first block (None: (0, 0), as immunized).
 
         Returns:
             (reference [1, H, W, 3] levels, decoded [1, H, W, 1] 1 where the reference
             holds a decoded record, copies [1, R, C, 1] how many copies of each cell counted,
             records [1, R, C, RECORD_BITS] the decoded bits).
         """
+        height, width = tf.shape(photo)[1], tf.shape(photo)[2]
         total = 0.0
         weight = 0.0
-        for bits, counts in self._copies(soft_bits, host_valid, agreement, height, width):
+        for bits, counts in self._copies(soft_bits, host_valid, agreement, photo, place):
             total = total + bits * counts
             weight = weight + counts
         hard = tf.cast(total < 0.0, tf.float32)
         decoded = tf.cast(weight > 0, tf.float32)
         return self._reconstruct(self.values(hard), decoded, height, width) + (weight, hard)
 
-    def _copies(self, soft_bits, host_valid, agreement, height, width):
-        """Per slot, (soft bits [1, R, C, RECORD_BITS], counts [1, R, C, 1]) of each cell's
-        copy, at the cell it describes; counts is 1 where the copy counts (`read`)."""
+    def _hosted(self, soft_bits, host_valid, agreement, height, width, place=None):
+        """Per slot, (soft bits [1, R, C, RECORD_BITS], counts [1, R, C, 1]) of the copy each
+        cell hosts; counts is 1 where the copy counts (`read`)."""
         rows, columns = self.cells(height, width)
         host_rows, host_columns = rows * BLOCKS_PER_CELL, columns * BLOCKS_PER_CELL
-        signs = 1.0 - 2.0 * self._whitening(host_rows, host_columns)
+        signs = 1.0 - 2.0 * self._whitening(host_rows, host_columns, place)
         soft = tf.nn.space_to_depth(soft_bits[:, :host_rows, :host_columns] * signs,
                                     BLOCKS_PER_CELL)
         valid = tf.nn.space_to_depth(host_valid[:, :host_rows, :host_columns], BLOCKS_PER_CELL)
         marked = tf.nn.space_to_depth(agreement[:, :host_rows, :host_columns], BLOCKS_PER_CELL)
         half = BLOCKS_PER_CELL * BLOCKS_PER_CELL // SLOTS
-        copies = []
-        for slot, (row, column) in enumerate(self.shifts(rows, columns)):
+        hosted = []
+        for slot in range(SLOTS):
             bits = soft[..., slot * RECORD_BITS:(slot + 1) * RECORD_BITS]
             hosts = slice(slot * half, (slot + 1) * half)
             counts = (tf.reduce_min(valid[..., hosts], axis=-1, keepdims=True)
                       * tf.cast(tf.reduce_mean(marked[..., hosts], axis=-1, keepdims=True)
                                 >= HOST_AGREEMENT, tf.float32))
-            counts = counts * self._parity_checks(bits)
-            # The copy hosted at h describes the cell at h + shift: move it back.
-            back_rows, back_columns = (rows - row) % tf.maximum(rows, 1), \
-                (columns - column) % tf.maximum(columns, 1)
-            copies.append((_shifted(bits, back_rows, back_columns),
-                           _shifted(counts, back_rows, back_columns)))
+            hosted.append((bits, counts * self._parity_checks(bits)))
+        return hosted
+
+    def _copies(self, soft_bits, host_valid, agreement, photo, place=None):
+        """Per slot, (soft bits [1, R, C, RECORD_BITS], counts [1, R, C, 1]) of each cell's
+        copy, at the cell it describes on the original grid (`locate`); counts is 1 where the
+        copy counts (`read`), 0 everywhere if the grid was not found."""
+        height, width = tf.shape(photo)[1], tf.shape(photo)[2]
+        rows, columns = self.cells(height, width)
+        hosted = self._hosted(soft_bits, host_valid, agreement, height, width, place)
+        grid, found = self.locate(hosted, photo, place)
+        copies = []
+        for slot, (bits, counts) in enumerate(hosted):
+            host_rows = self._hosts(tf.range(rows), grid[0], grid[2], slot, 0, rows)
+            host_columns = self._hosts(tf.range(columns), grid[1], grid[3], slot, 1, columns)
+            inside = (tf.cast(host_rows >= 0, tf.float32)[:, None]
+                      * tf.cast(host_columns >= 0, tf.float32)[None, :])
+            take_rows, take_columns = tf.maximum(host_rows, 0), tf.maximum(host_columns, 0)
+            moved_bits = tf.gather(tf.gather(bits, take_rows, axis=1), take_columns, axis=2)
+            moved_counts = tf.gather(tf.gather(counts, take_rows, axis=1), take_columns, axis=2)
+            moved_counts = moved_counts * inside[None, :, :, None] * tf.cast(found, tf.float32)
+            copies.append((moved_bits, moved_counts))
         return copies
 
-    def mismatch(self, soft_bits, host_valid, agreement, photo):
+    def _hosts(self, cells, original, offset, slot, axis, received):
+        """Received index of the cell hosting slot `slot`'s copy of received cells `cells`
+        along one axis, for an original grid of `original` cells of which the crop starts at
+        `offset`; -1 where the host lies outside the crop."""
+        fraction = self.shift_fractions[slot][axis]
+        shift = (original * fraction) // SHIFT_DENOMINATOR
+        host = tf.math.floormod(cells + offset - shift, tf.maximum(original, 1)) - offset
+        return tf.where((host >= 0) & (host < received), host, -1)
+
+    def locate(self, hosted, photo, place=None):
+        """The original grid of cells of a received photo, which a crop hides: ([rows,
+        columns, row offset, column offset], found).
+
+        First the grid as received (not cropped, or cropped at the bottom and right by less
+        than a cell). Else every hypothesis (original rows and columns from the photo's up to
+        LOCATE_MAX_GROWTH times it, offsets congruent to `place` modulo the tile, the crop
+        inside the original) moves a sample of counted copies to the cells they describe; the
+        one under which most copies agree with their cell as received (every value within
+        LOCATE_STEPS) wins, if enough do."""
+        height, width = tf.shape(photo)[1], tf.shape(photo)[2]
+        rows, columns = self.cells(height, width)
+        first = (0, 0) if place is None else tuple(
+            tf.cast(value, tf.int32) // BLOCKS_PER_CELL for value in place)
+        received = self._indices(self.record(photo))[0]  # [R, C, 6]
+        sample_rows, sample_columns = (_spread(rows), _spread(columns))
+        as_received = (tf.stack([rows, first[0]])[None], tf.stack([columns, first[1]])[None])
+        matches, counted = self._matches(hosted, received, sample_rows, sample_columns,
+                                         *as_received)
+        plain = matches[0, 0] >= tf.maximum(1.0, LOCATE_PLAIN_SHARE * counted[0, 0])
+
+        def search():
+            tile_cells = TILE_BLOCKS // BLOCKS_PER_CELL
+            row_hypotheses = self._axis_hypotheses(rows, first[0], tile_cells)
+            column_hypotheses = self._axis_hypotheses(columns, first[1], tile_cells)
+            scores, _ = self._matches(hosted, received, sample_rows, sample_columns,
+                                      row_hypotheses, column_hypotheses)
+            best = tf.argmax(tf.reshape(scores, [-1]), output_type=tf.int32)
+            count = tf.shape(column_hypotheses)[0]
+            pick_row, pick_column = best // count, best % count
+            sampled = tf.cast(tf.size(sample_rows) * tf.size(sample_columns), tf.float32)
+            found = tf.reduce_max(scores) >= tf.maximum(LOCATE_MIN_MATCHES,
+                                                        LOCATE_MIN_SHARE * sampled)
+            grid = tf.stack([row_hypotheses[pick_row, 0], column_hypotheses[pick_column, 0],
+                             row_hypotheses[pick_row, 1], column_hypotheses[pick_column, 1]])
+            return grid, found
+
+        return tf.cond(plain, lambda: (tf.stack([rows, columns, first[0], first[1]]),
+                                       tf.constant(True)), search)
+
+    def _matches(self, hosted, received, sample_rows, sample_columns, row_hypotheses,
+                 column_hypotheses):
+        """([Hr, Hc] copies that agree with the cell they describe (`mismatch`'s test, with
+        LOCATE_STEPS), [Hr, Hc] copies counted) over the sampled hosts, per (row, column)
+        hypothesis."""
+        rows, columns = tf.shape(received)[0], tf.shape(received)[1]
+        matches = 0.0
+        counted = 0.0
+        for slot, (bits, counts) in enumerate(hosted):
+            values = tf.gather(tf.gather(self._indices(tf.cast(bits < 0.0, tf.float32))[0],
+                                         sample_rows), sample_columns, axis=1)  # [sr, sc, 6]
+            weight = tf.gather(tf.gather(counts[0, :, :, 0], sample_rows), sample_columns,
+                               axis=1)
+            target_rows = self._targets(sample_rows, row_hypotheses, slot, 0, rows)
+            target_columns = self._targets(sample_columns, column_hypotheses, slot, 1, columns)
+            described = tf.gather(received, tf.maximum(target_rows, 0))  # [Hr, sr, C, 6]
+            described = tf.gather(described, tf.maximum(target_columns, 0), axis=2)
+            described = tf.transpose(described, [0, 2, 1, 3, 4])  # [Hr, Hc, sr, sc, 6]
+            inside = (tf.cast(target_rows >= 0, tf.float32)[:, None, :, None]
+                      * tf.cast(target_columns >= 0, tf.float32)[None, :, None, :])
+            inside = inside * weight[None, None]
+            far = tf.reduce_max(tf.abs(described - values[None, None]), axis=-1)
+            agree = tf.cast(far <= LOCATE_STEPS, tf.float32)
+            matches = matches + tf.reduce_sum(agree * inside, axis=[2, 3])
+            counted = counted + tf.reduce_sum(inside, axis=[2, 3])
+        return matches, counted
+
+    @staticmethod
+    def _axis_hypotheses(received, first, tile_cells):
+        """[N, 2] (original cells, offset) along one axis: originals of `received` up to
+        LOCATE_MAX_GROWTH times it; offsets `first` + k tiles that leave the crop inside."""
+        originals = tf.range(received, LOCATE_MAX_GROWTH * received + 1)
+        steps = tf.range(0, LOCATE_MAX_GROWTH * received // tile_cells + 2)
+        original = tf.repeat(originals, tf.size(steps))
+        offset = first + tf.tile(steps, [tf.size(originals)]) * tile_cells
+        keep = offset + received <= original
+        return tf.boolean_mask(tf.stack([original, offset], axis=1), keep)
+
+    def _targets(self, hosts, hypotheses, slot, axis, received):
+        """[N, len(hosts)] received index of the cell that slot `slot` of each host describes
+        under each hypothesis (-1 outside the crop)."""
+        original, offset = hypotheses[:, :1], hypotheses[:, 1:]
+        fraction = self.shift_fractions[slot][axis]
+        shift = (original * fraction) // SHIFT_DENOMINATOR
+        target = tf.math.floormod(hosts[None] + offset + shift, tf.maximum(original, 1)) - offset
+        return tf.where((target >= 0) & (target < received), target, -1)
+
+
+    def mismatch(self, soft_bits, host_valid, agreement, photo, place=None):
         """[1, R, C, 1]: 1 where a cell's content is not what its record was made from: every
         copy of the record that counts (`read`) has a value more than MISMATCH_STEPS
         quantization steps away from the cell as received, and one copy at least counts.
@@ -237,11 +372,10 @@ class SelfReference:
         immunized with the same key carry a valid mark, but not this photo's records. A copy
         hosted in such blocks describes another photo; the other copy, hosted elsewhere,
         still agrees, so the cell it describes is not flagged."""
-        height, width = tf.shape(photo)[1], tf.shape(photo)[2]
         received = self._indices(self.record(photo))
         agreeing = 0.0
         counted = 0.0
-        for bits, counts in self._copies(soft_bits, host_valid, agreement, height, width):
+        for bits, counts in self._copies(soft_bits, host_valid, agreement, photo, place):
             indices = self._indices(tf.cast(bits < 0.0, tf.float32))
             far = tf.reduce_max(tf.abs(indices - received), axis=-1, keepdims=True)
             agreeing = agreeing + counts * tf.cast(far <= MISMATCH_STEPS, tf.float32)
