@@ -11,7 +11,7 @@ Pillow's codecs and resamplers:
 - **never immunized** photos as saved, after JPEG 90 and after downscaling to 50 %;
 - **tampered** photos (10 % object-shaped paste from another photo, removal filled by OpenCV
   Telea, clone of a shifted part), lossless and after JPEG 75: the share called `tampered` and
-  the pixel F1 of the mask;
+  the pixel F1 of the mask; a paste then a crop or a quarter turn, also recovered (L-PSNR);
 - **forgeries**: the public carrier pattern added to a never-immunized photo; the copy attack
   (the exact residual of another immunized photo added); an immunization with another key;
   laundering (tamper, then immunize again: refused by the API; forced with the public demo key;
@@ -87,6 +87,11 @@ def _f1(predicted, truth):
     return 2.0 * hits / max(1.0, float(predicted.sum() + truth.sum()))
 
 
+def _l_psnr(original, recovered, mask):
+    error = original[mask].astype(np.float64) - recovered[mask].astype(np.float64)
+    return float(10.0 * np.log10(255.0**2 / max(np.mean(error**2), 1e-10)))
+
+
 def carrier_forgery(photo):
     """The public carrier pattern (its seed is in the source), 4 levels, upsampled from the
     working scale to the photo, added to a never-immunized photo."""
@@ -147,6 +152,19 @@ def evaluate_photo(owner, other, demo, name, photo, donor, seed):
         for processing, image in (("lossless", tampered), ("JPEG 75", jpeg(tampered, 75))):
             result = verify("tampered", f"{kind}, {processing}", image)
             cases[-1]["f1"] = _f1(result.mask, truth)
+    # A paste, then a crop (top-left cut, off the 8 x 8 grid) or a quarter turn: found where
+    # it is, and recovered (L-PSNR inside the true tamper, in the received frame).
+    truth = object_mask(height, width, rng)
+    pasted = tamper("paste", immunized, donor, truth, rng)
+    top, left = int(rng.integers(1, height // 10)), int(rng.integers(1, width // 10))
+    for processing, image, image_truth, original in (
+            ("paste, crop at the top-left", pasted[top:, left:], truth[top:, left:],
+             photo[top:, left:]),
+            ("paste, rotation 90", np.rot90(pasted).copy(), np.rot90(truth), np.rot90(photo))):
+        result = verify("tampered", processing, image)
+        recovered = owner.recover(image, result)
+        cases[-1].update(f1=_f1(result.mask, image_truth),
+                         l_psnr=_l_psnr(original, recovered, image_truth))
 
     verify("forgery", "public carrier pattern on a never-immunized photo",
            carrier_forgery(photo))
@@ -193,6 +211,8 @@ def summarize(cases):
         if any("f1" in case for case in group_cases):
             scores = [case["f1"] for case in group_cases]
             row.update(f1_mean=float(np.mean(scores)), f1_min=float(np.min(scores)))
+        if any("l_psnr" in case for case in group_cases):
+            row["l_psnr_mean"] = float(np.mean([case["l_psnr"] for case in group_cases]))
         if any("geometry_found" in case for case in group_cases):
             row["geometry_found"] = sum(bool(case.get("geometry_found")) for case in group_cases)
         summary.append(row)
@@ -232,10 +252,13 @@ def render(summary, folders, photos):
     lines += ["**Tampered photos**, 10 % object-shaped (want: tampered >= 99 %; F1 >= 0.85 "
               "lossless, >= 0.8 after JPEG 75)", "",
               common.markdown_table(
-                  ["tamper", "cases", "tampered", "pixel F1 mean", "F1 min"],
+                  ["tamper", "cases", "tampered", "pixel F1 mean", "F1 min",
+                   "recovery L-PSNR (dB)"],
                   [[row["processing"], row["cases"],
                     f"{100.0 * row['tampered'] / row['cases']:.1f} %", f"{row['f1_mean']:.3f}",
-                    f"{row['f1_min']:.3f}"] for row in tampered]), ""]
+                    f"{row['f1_min']:.3f}",
+                    f"{row['l_psnr_mean']:.2f}" if "l_psnr_mean" in row else ""]
+                   for row in tampered]), ""]
     forgery = [row for row in summary if row["group"] == "forgery"]
     lines += ["**Forgeries** (verdict with the owner's key; want: intact in 0 cases except by "
               "a key holder)", "",
@@ -247,6 +270,9 @@ def render(summary, folders, photos):
     lines.append(f"Pooled: JPEG 95-70 {pooled_jpeg['intact']}/{pooled_jpeg['cases']} intact; "
                  f"tampered {_pooled(summary, 'tampered', '')['tampered']}/"
                  f"{_pooled(summary, 'tampered', '')['cases']}.")
+    facts = common.machine_facts()
+    lines += ["", f"Measured {common.utc_now()} on {facts['cpu']} ({facts['cpus']} CPUs), "
+              f"TensorFlow {facts.get('tensorflow', '?')}."]
     return "\n".join(lines)
 
 

@@ -81,6 +81,8 @@ DEFAULT_RESIDUAL_GAIN = 1.0
 RESAMPLED_STRENGTH = 1.4
 RESAMPLED_WINDOW = 7
 RESAMPLED_OPENING = 4
+RESAMPLED_MIN_WEIGHT = 0.1
+RESAMPLED_SHARPENING = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 # Its verdict: resampling leaves a few textured areas unreadable, so tampers under 1 % of a
 # resized photo are not reported.
 RESAMPLED_THRESHOLDS = {"intact_max_fraction": 0.01, "not_immunized_min_fraction": 0.9}
@@ -256,12 +258,21 @@ class InferencePipeline:
         return self._evidence(*self.mark.read(levels))
 
     @staticmethod
-    def _evidence(agreement, flat, window=MARK_WINDOW, strength=1.0):
+    def _evidence(agreement, flat, window=MARK_WINDOW, strength=1.0, weight=None):
         """`_mark_evidence` from the mark's read-out (`BlockMark.read`). A resampled photo's
         mark is weaker (`strength`: its agreement relative to a photo as saved) and noisier
-        per block: its levels scale with the strength and a wider `window` averages."""
+        per block: its levels scale with the strength and a wider `window` averages, each
+        block by its `weight` (`BlockMark.read_resampled`); a window with almost no weight
+        is not evidence of a tamper."""
         unmarked = tf.maximum(flat, tf.cast(agreement < MARK_OWN_ABSENT * strength, tf.float32))
-        smooth = tf.nn.avg_pool2d(agreement, window, 1, "SAME")  # excludes the padding
+        if weight is None:
+            smooth = tf.nn.avg_pool2d(agreement, window, 1, "SAME")  # excludes the padding
+        else:
+            total = tf.nn.avg_pool2d(agreement * weight, window, 1, "SAME")
+            mass = tf.nn.avg_pool2d(weight, window, 1, "SAME")
+            smooth = tf.where(mass >= RESAMPLED_MIN_WEIGHT, total / tf.maximum(mass, 1e-6),
+                              MARK_PRESENT_LEVEL * strength)
+            unmarked = unmarked * tf.cast(weight > 0.0, tf.float32)
         probability = tf.clip_by_value((MARK_PRESENT_LEVEL * strength - smooth)
                                        / ((MARK_PRESENT_LEVEL - MARK_ABSENT) * strength),
                                        0.0, 1.0)
@@ -382,14 +393,18 @@ class InferencePipeline:
 
     def _from_scale(self, levels, original_height, original_width):
         height, width = tf.shape(levels)[1], tf.shape(levels)[2]
-        original = full_view(levels, original_height, original_width, method="bicubic")
-        agreement, flat = self.mark.read(original)
-        # The median block (robust to a tamper of less than half the photo) against a photo
-        # as saved.
-        ordered = tf.sort(tf.reshape(agreement, [-1]))
-        median = ordered[tf.size(ordered) // 2]
+        original = self._sharpened(full_view(levels, original_height, original_width,
+                                             method="bicubic"))
+        flat = self.mark.read(original)[1]
+        agreement, weight = self.mark.read_resampled(original)
+        # The median of the blocks read (robust to a tamper of less than half the photo)
+        # against a photo as saved.
+        ordered = tf.sort(tf.boolean_mask(tf.reshape(agreement, [-1]),
+                                          tf.reshape(weight, [-1]) > 0.0))
+        median = tf.cond(tf.size(ordered) > 0, lambda: ordered[tf.size(ordered) // 2],
+                         lambda: tf.constant(0.0))
         strength = tf.clip_by_value(median / RESAMPLED_STRENGTH, 0.05, 1.0)
-        unmarked, blocks = self._evidence(agreement, flat, RESAMPLED_WINDOW, strength)
+        unmarked, blocks = self._evidence(agreement, flat, RESAMPLED_WINDOW, strength, weight)
         found = self._from_mark(unmarked, blocks, original_height, original_width,
                                 opening_blocks=RESAMPLED_OPENING,
                                 thresholds=RESAMPLED_THRESHOLDS)
@@ -400,6 +415,23 @@ class InferencePipeline:
                                         size, method="nearest")[0, :, :, 0] > 0.5
         scale = tf.cast(height, tf.float32) / tf.cast(original_height, tf.float32)
         return {**found, **_geometry(0, 0, 0, scale, original_height, original_width)}
+
+    def _sharpened(self, levels):
+        """A resampled photo brought back to its size, sharpened (unsharp masking with a 3 x 3
+        binomial blur) by the amount of RESAMPLED_SHARPENING under which the mark reads best
+        on a central region: a downscaling filter blurs the mark's coefficients into their
+        neighbours, and sharpening undoes much of it."""
+        height, width = tf.shape(levels)[1], tf.shape(levels)[2]
+        side = alignment.SHARPEN_SEARCH_SIDE
+        top = tf.maximum(0, (height - side) // 2) // BLOCK * BLOCK
+        left = tf.maximum(0, (width - side) // 2) // BLOCK * BLOCK
+        region = levels[:, top:top + side, left:left + side]
+        place = (top // BLOCK, left // BLOCK)
+        scores = tf.stack([tf.reduce_mean(self.mark.read(alignment.sharpen(region, amount),
+                                                         place)[0])
+                           for amount in RESAMPLED_SHARPENING])
+        amount = tf.gather(tf.constant(RESAMPLED_SHARPENING, tf.float32), tf.argmax(scores))
+        return alignment.sharpen(levels, amount)
 
     def _from_mark(self, unmarked, blocks, height, width, top=0, left=0,
                    opening_blocks=VERDICT_OPENING, thresholds=None, content=None):

@@ -60,6 +60,8 @@ PUBLIC_KEY = b"imuge-tf public demo key"
 # (a saturated highlight would otherwise lose it and read as tampered).
 HEADROOM = 3.0
 FLAT_COEFFICIENT = 0.5  # `read`: a block whose marked coefficients are all smaller is flat
+# `read_resampled`: the attenuations of a resampling filter tried per coefficient.
+RESAMPLE_GAINS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
 def dct_basis(coefficients=DEFAULT_COEFFICIENTS) -> np.ndarray:
@@ -229,6 +231,33 @@ class BlockMark:
         agreement = keras.ops.mean(1.0 - 4.0 * distance, axis=-1, keepdims=True)
         largest = keras.ops.max(keras.ops.abs(coefficients), axis=-1, keepdims=True)
         return agreement, keras.ops.cast(largest < FLAT_COEFFICIENT, agreement.dtype)
+
+    def read_resampled(self, levels):
+        """`read`'s agreement for a photo brought back to its grid after a resize.
+
+        Resampling filters attenuate the marked coefficients, the higher frequencies more, so
+        a large coefficient lands far from its lattice point. Per coefficient, the gain of
+        RESAMPLE_GAINS that best fits the whole photo is undone; a block's coefficient whose
+        attenuation moved it by more than a quarter step, (1 - gain) |c| > step / 4, is left
+        out (textured blocks after a soft filter: their mark is unreadable, not absent).
+        Returns (agreement [B, rows, cols, 1] over the coefficients kept, weight [B, rows,
+        cols, 1]: the share of them kept)."""
+        _, _, rows, columns = _grid(levels)
+        coefficients = self._coefficients(levels)
+        gains = keras.ops.convert_to_tensor(np.asarray(RESAMPLE_GAINS, np.float32))
+        offsets = tiled_over_blocks(self.tile, rows, columns)
+        phase = (coefficients[..., None] / gains - offsets[..., None]) / self.step
+        agreements = 1.0 - 4.0 * keras.ops.abs(phase - keras.ops.round(phase))  # [..., k, G]
+        best = keras.ops.argmax(keras.ops.mean(agreements, axis=(0, 1, 2)), axis=-1)  # [k]
+        pick = keras.ops.one_hot(best, len(RESAMPLE_GAINS))
+        agreement = keras.ops.sum(agreements * pick, axis=-1)
+        gain = keras.ops.sum(gains * pick, axis=-1)
+        kept = keras.ops.cast((1.0 - gain) * keras.ops.abs(coefficients) <= self.step / 4.0,
+                              agreement.dtype)
+        count = keras.ops.sum(kept, axis=-1, keepdims=True)
+        mean = keras.ops.sum(agreement * kept, axis=-1, keepdims=True) / keras.ops.maximum(
+            count, 1.0)
+        return mean, count / float(len(self.coefficients))
 
     def read_data(self, levels, place=None):
         """[B, H, W, 3] levels -> [B, H // 8, W // 8, data_bits] soft bits in [-1, 1]: +1 reads
