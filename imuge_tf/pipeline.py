@@ -18,14 +18,17 @@ cannot drift apart.
   working pixels, which at full size are visible cells of width / 64 px (BENCHMARKS.md,
   `native_quality`, measured both); recovery fills the hole without the thumbnail.
 - **Analyse.** Where the block mark is present (at least MARK_PRESENT of the blocks carry it),
-  the tamper map is the mark's absence at native resolution, block by block. Where no block
-  carries it (a never-immunized photo, or one resampled or compressed so hard that the 8 x 8
-  grid is gone) the learned verifier's map at the working scale decides, with Otsu's threshold
-  and a 4 x 4 opening (paper section 3.5). The verdict follows from the share of the photo
-  flagged and the thresholds of each evidence.
+  the tamper map is the mark's absence at native resolution, block by block, plus the cells
+  whose content disagrees with their own records (content binding). Where it is not, the
+  grid is searched for a quarter turn and a crop, then for a resize (`models/alignment.py`),
+  and the photo is read on the grid found; the maps come back in the received frame. Where no
+  keyed mark is found, the photo is not immunized: the learned verifier's map is reported as
+  the probability, but it knows no key and makes no verdict. The verdict follows from the
+  share of the photo flagged.
 - **Recover.** The photo's self-embedded reference (`models/reference.py`: cell means written
   by `immunize` into the data coefficients of the blocks, two keyed copies about half the photo
-  away) is read from the blocks outside the verifier's mask and, where it decoded, refined by
+  away, their placement found again after a crop) is read from the blocks outside the
+  verifier's mask and, where it decoded, refined by
   the reference refiner (`models/refiner.py`) and put inside the mask grown by RECOVERY_MARGIN
   working pixels. Where no record decoded, the decoder at the working scale (push-pull
   pre-fill, learned correction) fills in.
@@ -41,7 +44,6 @@ from imuge_tf.models.reference import SelfReference
 
 VERDICTS = ("intact", "tampered", "not_immunized")
 FLAG_PROBABILITY = 0.5
-MORPHOLOGY_KERNEL = 4  # paper section 3.5, at the working scale
 # `recover` redraws the verifier's mask grown by this many working-size pixels: a tampered
 # pixel the mask misses keeps pasted content, while a redrawn untampered one costs little.
 RECOVERY_MARGIN = 4
@@ -146,20 +148,6 @@ def working_view(images, size):
 def full_view(images, height, width, method="bilinear"):
     """[1, h, w, C] brought up to [1, H, W, C] (bilinear: smooth, no cells)."""
     return tf.image.resize(images, tf.stack([height, width]), method=method, antialias=False)
-
-
-def otsu_threshold(values, bins=256):
-    """Otsu's threshold of probabilities in [0, 1] (any shape), as a float64 scalar."""
-    values = tf.reshape(tf.cast(values, tf.float64), [-1])
-    counts = tf.cast(tf.histogram_fixed_width(values, [0.0, 1.0], nbins=bins), tf.float64)
-    centres = (tf.range(bins, dtype=tf.float64) + 0.5) / bins
-    weight_low = tf.cumsum(counts)
-    weight_high = tf.reduce_sum(counts) - weight_low
-    sum_low = tf.cumsum(counts * centres)
-    mean_low = sum_low / tf.maximum(weight_low, 1.0)
-    mean_high = (tf.reduce_sum(counts * centres) - sum_low) / tf.maximum(weight_high, 1.0)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    return (tf.cast(tf.argmax(between), tf.float64) + 1.0) / bins
 
 
 def opening(masks, kernel_size):
