@@ -54,10 +54,12 @@ MARK_WINDOW = 3
 MARK_ABSENT = 0.12
 MARK_PRESENT_LEVEL = 0.42
 MARK_OPENING = 2  # blocks: removes isolated flagged blocks from the mask's core
-# For the verdict, a flagged area must hold a square of this many blocks a side: strong JPEG
-# can leave a few scattered blocks of a high-contrast edge unreadable (a cross of 5 blocks, not
-# a 3 x 3 square), while any tamper worth reporting covers squares of them.
+# For the verdict, a flagged area under WIDE_OPENING_BELOW of the photo must hold a square of
+# VERDICT_OPENING blocks a side: strong JPEG can leave a few scattered blocks of a high-contrast
+# edge unreadable (a cross of 5 blocks, not a 3 x 3 square), while a tamper worth reporting
+# covers squares of them or a larger share.
 VERDICT_OPENING = 3
+WIDE_OPENING_BELOW = 0.01
 # The neighbourhood mean that makes detection reliable also pulls the blocks at a tamper's edge
 # towards their marked neighbours; the mask takes back, next to flagged blocks, those that are
 # flat (painted over) or whose own agreement is below this (unmarked blocks: about 0 +- 0.3;
@@ -395,7 +397,7 @@ class InferencePipeline:
         unmarked, blocks = self._evidence(agreement, flat, RESAMPLED_WINDOW, strength, weight)
         found = self._from_mark(unmarked, blocks, original_height, original_width,
                                 opening_blocks=RESAMPLED_OPENING,
-                                thresholds=RESAMPLED_THRESHOLDS)
+                                thresholds=RESAMPLED_THRESHOLDS, open_always=True)
         size = tf.stack([height, width])
         found["probability"] = tf.image.resize(found["probability"][None, :, :, None], size)[
             0, :, :, 0]
@@ -422,17 +424,29 @@ class InferencePipeline:
         return alignment.sharpen(levels, amount)
 
     def _from_mark(self, unmarked, blocks, height, width, top=0, left=0,
-                   opening_blocks=VERDICT_OPENING, thresholds=None, content=None):
+                   opening_blocks=VERDICT_OPENING, thresholds=None, content=None,
+                   open_always=False):
         """The verdict and maps from the mark's block probabilities; `content` ([1, rows,
         cols, 1]) adds the cells found spliced (`_content`) where the mark flags nothing
         near (next to a flagged area the mark's own edge is finer than a cell)."""
         thresholds = thresholds or MARK_THRESHOLDS
-        flagged_blocks = opening(tf.cast(blocks > FLAG_PROBABILITY, tf.float32), opening_blocks)
+        flags = tf.cast(blocks > FLAG_PROBABILITY, tf.float32)
+        # The opening holds back areas too small to matter on this photo (a few blocks that
+        # strong JPEG left unreadable); flags over a larger share of it count as they are
+        # (a small photo's tamper: its neighbourhood mean flags only the tamper's core).
+        opened = opening(flags, opening_blocks)
+        if not open_always:
+            opened = tf.cond(tf.reduce_mean(flags) >= WIDE_OPENING_BELOW, lambda: flags,
+                             lambda: opened)
+        flagged_blocks = opened
         if content is not None:
             content = content * (1.0 - grow_mask(flagged_blocks, CONTENT_MARGIN))
             flagged_blocks = tf.maximum(flagged_blocks, content)
         flagged = tf.reduce_mean(flagged_blocks)
         core = opening(flagged_blocks, MARK_OPENING)
+        # A tamper only a few blocks across may be thinner than the opening: then its flags
+        # are the core.
+        core = tf.cond(tf.reduce_any(core > 0.5), lambda: core, lambda: flagged_blocks)
         edge = grow_mask(core, 1) * unmarked
         refined = tf.maximum(core, edge)
         verdict = self._verdict(flagged, tf.reduce_any(refined > 0.5),
