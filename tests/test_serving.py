@@ -461,13 +461,13 @@ def test_rest_formats_versions_and_not_found(server):
     assert set(columnar["outputs"]) == set(row["predictions"][0])
     assert columnar == bare
     assert columnar["outputs"]["verdict"] == ["tampered"]
-    tensor = np.full((2, WORKING, WORKING, 3), 0.4, np.float32)
-    tensor[1, 8:24, 8:24] = (1.0, 0.0, 0.0)
+    tensor = np.stack([calm_photo(3, 48, 48)] * 2).astype(np.float32) / 255.0
+    tensor[1, 16:40, 16:40] = (1.0, 0.0, 0.0)
     response = http(server + "/v1/models/imuge:predict",
                     {"signature_name": "verify_tensor", "instances": tensor.tolist()})[1]
     verdicts = [p["verdict"] for p in response["predictions"]]
     assert verdicts == ["intact", "tampered"]
-    assert np.asarray(response["predictions"][1]["recovered"]).shape == (WORKING, WORKING, 3)
+    assert np.asarray(response["predictions"][1]["recovered"]).shape == (48, 48, 3)
 
     status, body = http(server + "/v1/models/other:predict", {"instances": [blob]})
     assert status == 404 and "other" in body["error"]
