@@ -255,8 +255,9 @@ class SelfReference:
         grid, found = self.locate(hosted, photo, place)
         copies = []
         for slot, (bits, counts) in enumerate(hosted):
-            host_rows = self._hosts(tf.range(rows), grid[0], grid[2], slot, 0, rows)
-            host_columns = self._hosts(tf.range(columns), grid[1], grid[3], slot, 1, columns)
+            host_rows = self._along(tf.range(rows), grid[0], grid[2], slot, 0, rows, -1)
+            host_columns = self._along(tf.range(columns), grid[1], grid[3], slot, 1, columns,
+                                       -1)
             inside = (tf.cast(host_rows >= 0, tf.float32)[:, None]
                       * tf.cast(host_columns >= 0, tf.float32)[None, :])
             take_rows, take_columns = tf.maximum(host_rows, 0), tf.maximum(host_columns, 0)
@@ -266,14 +267,16 @@ class SelfReference:
             copies.append((moved_bits, moved_counts))
         return copies
 
-    def _hosts(self, cells, original, offset, slot, axis, received):
-        """Received index of the cell hosting slot `slot`'s copy of received cells `cells`
-        along one axis, for an original grid of `original` cells of which the crop starts at
-        `offset`; -1 where the host lies outside the crop."""
+    def _along(self, cells, original, offset, slot, axis, received, direction):
+        """Received index, along one axis, of the cell `direction` (+1) slot `slot`'s copy
+        hosted at `cells` describes, or (-1) of the host of the copy describing `cells`, for
+        an original grid of `original` cells of which the crop starts at `offset` (broadcast
+        together); -1 where that cell lies outside the crop."""
         fraction = self.shift_fractions[slot][axis]
         shift = (original * fraction) // SHIFT_DENOMINATOR
-        host = tf.math.floormod(cells + offset - shift, tf.maximum(original, 1)) - offset
-        return tf.where((host >= 0) & (host < received), host, -1)
+        moved = tf.math.floormod(cells + offset + direction * shift,
+                                 tf.maximum(original, 1)) - offset
+        return tf.where((moved >= 0) & (moved < received), moved, -1)
 
     def locate(self, hosted, photo, place=None):
         """The original grid of cells of a received photo, which a crop hides: ([rows,
@@ -328,8 +331,10 @@ class SelfReference:
                                          sample_rows), sample_columns, axis=1)  # [sr, sc, 6]
             weight = tf.gather(tf.gather(counts[0, :, :, 0], sample_rows), sample_columns,
                                axis=1)
-            target_rows = self._targets(sample_rows, row_hypotheses, slot, 0, rows)
-            target_columns = self._targets(sample_columns, column_hypotheses, slot, 1, columns)
+            target_rows = self._along(sample_rows[None], row_hypotheses[:, :1],
+                                      row_hypotheses[:, 1:], slot, 0, rows, 1)
+            target_columns = self._along(sample_columns[None], column_hypotheses[:, :1],
+                                         column_hypotheses[:, 1:], slot, 1, columns, 1)
             described = tf.gather(received, tf.maximum(target_rows, 0))  # [Hr, sr, C, 6]
             described = tf.gather(described, tf.maximum(target_columns, 0), axis=2)
             described = tf.transpose(described, [0, 2, 1, 3, 4])  # [Hr, Hc, sr, sc, 6]
@@ -352,16 +357,6 @@ class SelfReference:
         offset = first + tf.tile(steps, [tf.size(originals)]) * tile_cells
         keep = offset + received <= original
         return tf.boolean_mask(tf.stack([original, offset], axis=1), keep)
-
-    def _targets(self, hosts, hypotheses, slot, axis, received):
-        """[N, len(hosts)] received index of the cell that slot `slot` of each host describes
-        under each hypothesis (-1 outside the crop)."""
-        original, offset = hypotheses[:, :1], hypotheses[:, 1:]
-        fraction = self.shift_fractions[slot][axis]
-        shift = (original * fraction) // SHIFT_DENOMINATOR
-        target = tf.math.floormod(hosts[None] + offset + shift, tf.maximum(original, 1)) - offset
-        return tf.where((target >= 0) & (target < received), target, -1)
-
 
     def mismatch(self, soft_bits, host_valid, agreement, photo, place=None):
         """[1, R, C, 1]: 1 where a cell's content is not what its record was made from: every
