@@ -12,7 +12,9 @@ files load without this module.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -30,6 +32,10 @@ PAPER_TAMPER_KINDS = ("donor", "colour", "clone")
 TAMPER_KINDS = PAPER_TAMPER_KINDS + ("copy_move", "splice", "removal")
 RESIZE_METHODS = ("bilinear", "bicubic", "nearest", "area")
 MASK_SHAPES = ("rectangle", "ellipse", "polygon")
+
+
+# A decimal number in any spelling YAML files use, exponent without a dot included.
+_DECIMAL = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
 class ConfigError(ValueError):
@@ -299,8 +305,13 @@ def _coerce(value, annotation, key: str):
             raise ConfigError(f"bad value for '{key}': expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str) and _DECIMAL.match(value.strip()):
+            # YAML 1.1 (PyYAML) reads `5e-4` or `1E-4` as a string: only `5.0e-4` is a float.
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"bad value for '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"bad value for '{key}': expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

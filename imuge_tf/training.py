@@ -11,8 +11,11 @@ Work directory layout (documented in the README):
 
 from __future__ import annotations
 
+import glob
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 
@@ -32,8 +35,16 @@ INFERENCE_FORMAT_VERSION = 1
 PREVIEW_SAMPLES = 4
 
 
+_CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+
+
 class TrainingError(RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
+
+
+class DivergedError(TrainingError):
+    """The losses or the weights stopped being finite numbers: the run stops at once, and no
+    checkpoint or inference file is written from that state."""
 
 
 def select_strategy(name: str) -> tf.distribute.Strategy:
@@ -153,23 +164,30 @@ class WorkdirCallback(keras.callbacks.Callback):
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
 
+    def _save(self, step):
+        check_finite_weights(self.model, step, self.manager.latest_checkpoint)
+        self.manager.save(checkpoint_number=step)
+
     def on_train_batch_end(self, batch, logs=None):
+        check_finite_logs(logs, self._step(), self.manager.latest_checkpoint)
         every = self.config.train.checkpoint_every_steps
         if every and self._step() % every == 0:
-            self.manager.save(checkpoint_number=self._step())
+            self._save(self._step())
 
     def on_epoch_end(self, epoch, logs=None):
         step = self._step()
         if self.manager.latest_checkpoint != self._checkpoint_path(step):
-            self.manager.save(checkpoint_number=step)
+            self._save(step)
+        # Finite weights can still be large enough to give NaN photos: checked on the preview
+        # batch before the networks are published.
+        outputs = check_finite_outputs(self.model, self.preview_batch, step,
+                                       self.manager.latest_checkpoint)
         if not self.is_chief:
             return
         save_inference_networks(self.model, self.config,
                                 os.path.join(self.workdir, "inference"), step)
         every = self.config.train.image_log_every_epochs
         if every and (epoch + 1) % every == 0 and self.image_writer is not None:
-            stage, alpha, decoupled = self.model.schedule()
-            outputs = self.model.forward(self.preview_batch, stage, alpha, decoupled)
             with self.image_writer.as_default():
                 tf.summary.image("original|immunized|residual x10|attacked|true mask|"
                                  "predicted mask|recovered", image_grid(outputs), step=step)
@@ -177,6 +195,171 @@ class WorkdirCallback(keras.callbacks.Callback):
 
     def _checkpoint_path(self, step):
         return os.path.join(self.manager.directory, f"ckpt-{step}")
+
+
+def _diverged_message(what: str, step: int, last_checkpoint: str | None) -> str:
+    kept = (f"the last finite checkpoint, {os.path.basename(last_checkpoint)}, stays the "
+            "latest" if last_checkpoint else "no checkpoint was written from it")
+    return (f"training diverged at step {step}: {what}; {kept}. Lower train.learning_rate "
+            "(or the loss weights) and train in a new --workdir, with --init-from this one "
+            "to start from its last finite weights")
+
+
+def check_finite_logs(logs, step: int, last_checkpoint: str | None = None) -> None:
+    """Raises DivergedError when a logged loss or metric is NaN or infinite."""
+    bad = []
+    for name, value in (logs or {}).items():
+        try:
+            number = float(np.asarray(value))
+        except (TypeError, ValueError):
+            continue
+        if not math.isfinite(number):
+            bad.append(f"{name}={number}")
+    if bad:
+        raise DivergedError(_diverged_message(f"the losses are not finite ({', '.join(bad)})",
+                                              step, last_checkpoint))
+
+
+def non_finite_variables(variables) -> list[str]:
+    """Paths of the floating-point variables holding a NaN or an infinity."""
+    names = []
+    for variable in variables:
+        dtype = tf.as_dtype(variable.dtype)
+        if dtype.is_floating and not bool(tf.reduce_all(tf.math.is_finite(variable))):
+            names.append(getattr(variable, "path", None) or variable.name)
+    return names
+
+
+def check_finite_weights(model, step: int, last_checkpoint: str | None = None) -> None:
+    """Raises DivergedError when a weight of the model (networks or optimizer state) is not
+    finite: such a state is never saved."""
+    variables = list(model.variables)
+    for optimizer in (model.optimizer, getattr(model, "discriminator_optimizer", None)):
+        if optimizer is not None:
+            variables += list(optimizer.variables)
+    bad = non_finite_variables(variables)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DivergedError(_diverged_message(
+            f"{len(bad)} weight(s) are not finite ({', '.join(bad[:3])}{more})", step,
+            last_checkpoint))
+
+
+def check_finite_outputs(model, batch, step: int, last_checkpoint: str | None = None) -> dict:
+    """Runs the whole data flow on `batch`; returns its outputs, or raises DivergedError when
+    one of them is not finite (or an op refused a NaN input)."""
+    stage, alpha, decoupled = model.schedule()
+    try:
+        outputs = model.forward(batch, stage, alpha, decoupled)
+        bad = sorted(name for name, value in outputs.items()
+                     if tf.as_dtype(value.dtype).is_floating
+                     and not bool(tf.reduce_all(tf.math.is_finite(value))))
+    except tf.errors.InvalidArgumentError as error:
+        bad = [f"an op refused its input: {_first_line(error)}"]
+    if bad:
+        raise DivergedError(_diverged_message(f"the outputs are not finite ({', '.join(bad)})",
+                                              step, last_checkpoint))
+    return outputs
+
+
+def remove_stale_temporaries(workdir: str) -> list[str]:
+    """Removes what a run killed while saving leaves behind: `ckpt-N_temp/` folders of
+    TensorFlow's checkpoint writer and `.partial-*` files of this module's atomic writes.
+    Only one process trains in a work directory, so none of them can still be in use."""
+    leftovers = glob.glob(os.path.join(workdir, "checkpoints", "*_temp"))
+    leftovers += glob.glob(os.path.join(workdir, ".partial-*"))
+    leftovers += glob.glob(os.path.join(workdir, "inference", ".partial-*"))
+    for path in leftovers:
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)
+    return leftovers
+
+
+def _numbered_checkpoints(directory: str) -> list[str]:
+    """Checkpoint prefixes in `directory`, newest (highest step) first. Read from the files
+    themselves, so that a garbled `checkpoint` state file cannot hide them."""
+    found = []
+    for entry in os.listdir(directory) if os.path.isdir(directory) else ():
+        match = _CHECKPOINT_INDEX.match(entry)
+        if match:
+            found.append((int(match.group(1)), os.path.join(directory, entry[:-len(".index")])))
+    return [prefix for _, prefix in sorted(found, reverse=True)]
+
+
+def _readable(prefix: str) -> str | None:
+    """None when every tensor of the checkpoint reads back, else why not."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as error:  # noqa: BLE001 - any failure to read means unusable
+        return _first_line(error)
+    return None
+
+
+def _first_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def restore_newest_readable(checkpoint, directory: str, log=print) -> str | None:
+    """Restores the newest checkpoint in `directory` that reads back whole; returns its prefix
+    (None when there is none). Unreadable newer ones (a truncated or garbled file) are said,
+    moved into `directory/unreadable/`, and the state file is rewritten without them, so the
+    run goes on from the previous checkpoint instead of stopping."""
+    candidates = _numbered_checkpoints(directory)
+    skipped = []
+    restored = None
+    for prefix in candidates:
+        problem = _readable(prefix)
+        if problem is None:
+            try:
+                checkpoint.restore(prefix).expect_partial()
+            except (ValueError, tf.errors.OpError) as error:
+                # It reads, so it is not damaged: it belongs to another model. Kept as it is.
+                raise TrainingError(f"{prefix} does not fit this model ({_first_line(error)}); "
+                                    "use a new --workdir") from None
+            restored = prefix
+            break
+        skipped.append(prefix)
+        log(f"skipped checkpoint {os.path.basename(prefix)}: it cannot be read ({problem})")
+    if skipped:
+        aside = os.path.join(directory, "unreadable")
+        os.makedirs(aside, exist_ok=True)
+        for prefix in skipped:
+            for path in glob.glob(glob.escape(prefix) + ".*"):
+                os.replace(path, os.path.join(aside, os.path.basename(path)))
+    if skipped or (candidates and _state_file_unreadable(directory)):
+        _write_checkpoint_state(directory, [p for p in reversed(candidates) if p not in skipped])
+    return restored
+
+
+def _state_file_unreadable(directory: str) -> bool:
+    try:
+        return tf.train.get_checkpoint_state(directory) is None
+    except Exception:  # noqa: BLE001 - a garbled state file
+        return True
+
+
+def _write_checkpoint_state(directory: str, prefixes: list[str]) -> None:
+    """Rewrites the `checkpoint` state file (a text proto naming the latest checkpoint and
+    those kept, oldest first) so that tf.train.CheckpointManager goes on from `prefixes`."""
+    state = os.path.join(directory, "checkpoint")
+    if not prefixes:
+        if os.path.exists(state):
+            os.remove(state)
+        return
+    names = [os.path.basename(prefix) for prefix in prefixes]
+    # The manager only deletes checkpoints younger than `last_preserved_timestamp`: without
+    # the times, the kept ones would stay on disk for good.
+    times = [os.path.getmtime(prefix + ".index") for prefix in prefixes]
+    lines = [f'model_checkpoint_path: "{names[-1]}"']
+    lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
+    lines += [f"all_model_checkpoint_timestamps: {time!r}" for time in times]
+    lines.append(f"last_preserved_timestamp: {min(times) - 1.0!r}")
+    atomic_write_text(state, "\n".join(lines) + "\n")
 
 
 def _warm_start(model, source_workdir: str) -> str:
@@ -249,6 +432,14 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
             log(f"skipped {read_stats.skipped} unreadable file(s): "
                 f"{', '.join(read_stats.skipped_files[:5])}")
 
+    if is_chief:
+        leftovers = remove_stale_temporaries(workdir)
+        if leftovers:
+            log(f"removed {len(leftovers)} temporary file(s) left by an interrupted save")
+    # Python's, NumPy's and TensorFlow's global generators (weight initialisers, Keras seed
+    # generators) start from the config's seed: on one machine a run is repeatable bit for bit.
+    keras.utils.set_random_seed(config.data.seed)
+
     with strategy.scope():
         model = compile_imuge(build_imuge(config), config)
         checkpoint = tf.train.Checkpoint(
@@ -257,12 +448,11 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
         # Non-chief workers must save too (collective variables), but to a private folder.
         checkpoint_dir = os.path.join(workdir, "checkpoints") if is_chief else os.path.join(
             workdir, f".worker-{task_id}-checkpoints")
+        restore_path = restore_newest_readable(checkpoint, os.path.join(workdir, "checkpoints"),
+                                               log=log if is_chief else (lambda text: None))
         manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
                                              max_to_keep=train_config.keep_checkpoints)
-        restore_path = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-        if restore_path:
-            checkpoint.restore(restore_path).expect_partial()
-        elif init_from:
+        if restore_path is None and init_from:
             log(f"starting from the networks of {_warm_start(model, init_from)}")
 
     start_step = int(model.optimizer.iterations.numpy())
@@ -298,20 +488,32 @@ def train(config: Config, images, workdir: str, strategy_name: str = "default",
     callbacks.append(WorkdirCallback(manager, config, workdir, preview_batch, is_chief,
                                      image_writer))
 
+    def fit(**arguments):
+        try:
+            return model.fit(dataset, callbacks=callbacks, verbose=verbose, shuffle=False,
+                             **arguments)
+        except DivergedError:
+            raise
+        except Exception:
+            # A non-finite weight can fail an op before any loss is logged (an attack that
+            # checks its input range, say): said as what it is, not as that op's error.
+            step = int(model.optimizer.iterations.numpy())
+            check_finite_weights(model, step, manager.latest_checkpoint)
+            check_finite_outputs(model, preview_batch, step, manager.latest_checkpoint)
+            raise
+
     history = {}
     steps_per_epoch = train_config.steps_per_epoch
     epoch, done_in_epoch = divmod(start_step, steps_per_epoch)
     if done_in_epoch:
         # Finish the interrupted epoch first, so epochs stay aligned with steps.
-        result = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1,
-                           steps_per_epoch=steps_per_epoch - done_in_epoch,
-                           callbacks=callbacks, verbose=verbose, shuffle=False)
+        result = fit(initial_epoch=epoch, epochs=epoch + 1,
+                     steps_per_epoch=steps_per_epoch - done_in_epoch)
         history.update(result.history)
         epoch += 1
     if epoch < train_config.epochs:
-        result = model.fit(dataset, initial_epoch=epoch, epochs=train_config.epochs,
-                           steps_per_epoch=steps_per_epoch, callbacks=callbacks,
-                           verbose=verbose, shuffle=False)
+        result = fit(initial_epoch=epoch, epochs=train_config.epochs,
+                     steps_per_epoch=steps_per_epoch)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
 

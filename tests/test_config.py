@@ -96,3 +96,26 @@ def test_every_attack_field_reaches_the_attack_layer():
     assert pipeline_config["resize_methods"] in (["nearest", "area"], ("nearest", "area"))
     assert pipeline_config["copy_move_flip_probability"] == 0.25
     assert list(pipeline_config["benign_attacks"]) == ["median", "resize"]
+
+
+@pytest.mark.parametrize("spelling, value", [("5e-4", 5e-4), ("1E-4", 1e-4), ("1e-3", 1e-3),
+                                             ("2.0e-4", 2e-4), (".5", 0.5), ("+3E0", 3.0)])
+def test_every_yaml_float_spelling_is_a_number(tmp_path, spelling, value):
+    config = load_config("smoke", [f"train.learning_rate={spelling}"])
+    assert config.train.learning_rate == pytest.approx(value)
+    # The same in a YAML file, where PyYAML reads `5e-4` as a string.
+    path = tmp_path / "config.yaml"
+    path.write_text(f"loss:\n  classification_weight: {spelling}\n")
+    assert load_config(str(path)).loss.classification_weight == pytest.approx(value)
+
+
+@pytest.mark.parametrize("spelling", [".inf", "-.inf", ".nan", ".NaN", "1e999"])
+def test_non_finite_numbers_are_refused(spelling):
+    with pytest.raises(ConfigError, match="train.learning_rate.*finite"):
+        load_config("smoke", [f"train.learning_rate={spelling}"])
+
+
+@pytest.mark.parametrize("spelling", ["5e", "e-4", "1e-4x", "1e-4.5"])
+def test_strings_that_only_look_like_numbers_are_refused(spelling):
+    with pytest.raises(ConfigError, match="expected a number"):
+        load_config("smoke", [f"train.learning_rate={spelling}"])
