@@ -1,0 +1,146 @@
+"""The reliability soak: training, the model server and the CLI, tried as an attacker and a
+careless user would.
+
+    python benchmarks/reliability.py                 # all three parts
+    python benchmarks/reliability.py --parts server  # one part; the others' figures are kept
+
+- `training` (benchmarks/reliability_training.py): kill -9 during training, also during saves;
+  divergence; determinism; a damaged latest checkpoint;
+- `server` (benchmarks/reliability_server.py): 200 concurrent requests and each hostile request,
+  with the server's memory;
+- `cli` (benchmarks/reliability_cli.py): kill -9 during CLI batches, then `--skip-existing`.
+
+Each part's figures go to benchmarks/results/reliability.json (merged with the parts not run),
+and the `reliability` section of BENCHMARKS.md is rendered from that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (quietens TensorFlow before it is imported)
+
+PARTS = ("training", "server", "cli")
+RESULTS = os.path.join(common.REPO_ROOT, "benchmarks", "results", "reliability.json")
+
+
+def _run_part(name, args):
+    if name == "training":
+        import reliability_training
+
+        return reliability_training.run(rounds=args.rounds)
+    if name == "server":
+        import reliability_server
+
+        return reliability_server.run(None)
+    import reliability_cli
+
+    return reliability_cli.run(None)
+
+
+def _flat_rows(values, prefix=""):
+    rows = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += _flat_rows(value, name + " / ")
+        elif isinstance(value, list):
+            if value and not isinstance(value[0], (dict, list)):
+                rows.append([name, ", ".join(str(v) for v in value)])
+        else:
+            rows.append([name, str(value)])
+    return rows
+
+
+def render_training(figures) -> str:
+    kills = figures["kills"]
+    lines = [
+        f"- **kill -9 x {kills['rounds']}** of `python train.py` (smoke config, a checkpoint "
+        f"every step): {kills['killed_while_saving']} kills landed while a checkpoint was "
+        f"being written; {kills['resumed']} of {kills['rounds'] - 1} restarts resumed, "
+        f"{kills['went_back']} went back before the last saved step, {kills['tracebacks']} "
+        f"tracebacks; the final run exited {kills['final_run_exit']} "
+        f"({'finished' if kills['final_run_finished'] else 'did not finish'}); temporary "
+        f"folders left: {kills['leftovers']}.",
+    ]
+    for name, case in figures["divergence"].items():
+        lines.append(
+            f"- **divergence** (`train.learning_rate=1e30`, {name}): exit {case['exit']}, "
+            f"latest checkpoint step {case['latest_checkpoint_step']}, all finite: "
+            f"{case['latest_checkpoint_finite']}, traceback: {case['traceback']}; said: "
+            f"`{case['message']}`")
+    same = figures["determinism"]
+    lines.append(
+        f"- **determinism**: two runs with one seed, separate processes: "
+        f"{same['same_seed_differing']} of {same['tensors']} checkpoint tensors differ; a "
+        f"run with another seed: {same['other_seed_differing']} differ.")
+    damaged = figures["damaged_checkpoint"]
+    lines.append(
+        f"- **damaged latest checkpoint** (ckpt-4 truncated, state file garbled): exit "
+        f"{damaged['exit']}, resumed from step {damaged['resumed_from']}, finished: "
+        f"{damaged['finished']}; said: {'; '.join(damaged['said']) or 'nothing'}.")
+    lines.append(f"\nTraining part: {figures['seconds'] / 60:.0f} min.")
+    return "\n".join(lines)
+
+
+def render_generic(figures) -> str:
+    return common.markdown_table(["figure", "value"], _flat_rows(figures))
+
+
+RENDERERS = {"training": render_training}
+
+
+def render(results) -> str:
+    parts = []
+    for name in PARTS:
+        if name not in results:
+            continue
+        figures = results[name]
+        body = RENDERERS.get(name, render_generic)(figures["figures"])
+        parts.append(f"**{name}** (measured {figures['measured']}, `{figures['command']}`)\n\n"
+                     f"{body}")
+    machine = next(iter(results.values()))["machine"] if results else {}
+    return ("How to reproduce: `python benchmarks/reliability.py` (or `--parts training`, "
+            "`server`, `cli`).\n\nMachine: " + ", ".join(f"{k} {v}" for k, v in machine.items())
+            + "\n\n" + "\n\n".join(parts))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated parts to run (default: {','.join(PARTS)})")
+    parser.add_argument("--rounds", type=int, default=20,
+                        help="kill -9 rounds of the training part (default: 20)")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only; leave BENCHMARKS.md and the results file alone")
+    args = parser.parse_args(argv)
+    chosen = [part.strip() for part in args.parts.split(",") if part.strip()]
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
+
+    results = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS, encoding="utf-8") as stream:
+            results = json.load(stream)
+    for name in chosen:
+        common.log(f"part {name}")
+        results[name] = {"figures": _run_part(name, args), "measured": common.utc_now(),
+                         "command": common.command_line(), "machine": common.machine_facts()}
+        print(json.dumps({name: results[name]["figures"]}, indent=2, default=str))
+        if not args.no_write:
+            # Written after each part, so a later part's failure keeps what was measured.
+            os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+            from imuge_tf.io import write_text_atomic
+
+            write_text_atomic(RESULTS, json.dumps(results, indent=2, default=str), force=True)
+            common.update_section("reliability", render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
