@@ -676,7 +676,8 @@ def run_serve(args) -> int:
 
     try:
         serve(args.model_dir, host=args.host, port=args.port, grpc_port=args.grpc_port,
-              max_body_bytes=args.max_body_mb * 1024 * 1024, quiet=args.quiet, ready=ready)
+              max_body_bytes=args.max_body_mb * 1024 * 1024, quiet=args.quiet, ready=ready,
+              max_instances=args.max_instances)
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     return EXIT_OK
@@ -872,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve TF Serving's gRPC Predict on this port")
     serve.add_argument("--max-body-mb", type=_positive_int, default=32, metavar="MB",
                        help="refuse request bodies larger than this (default: 32)")
+    serve.add_argument("--max-instances", type=_positive_int, default=16, metavar="N",
+                       help="refuse predict requests with more instances (images) "
+                            "than this (default: 16)")
     serve.add_argument("--quiet", action="store_true", help="no log line per request")
     serve.set_defaults(handler=run_serve, runner=run_image_command)
     return parser

@@ -12,36 +12,156 @@ stdlib HTTP server:
 Requests and responses follow TF Serving's REST API: the row ("instances") and columnar
 ("inputs") formats, {"b64": ...} for binary strings, outputs whose names end in `_bytes`
 returned as {"b64": ...}. A bad request (malformed JSON, a wrong dtype or shape, empty or
-non-image bytes, a body over the size limit) gets HTTP 400 and {"error": "..."}; the server
-goes on serving.
+non-image bytes, a body over the size limit, more instances than the limit) gets HTTP 400 and
+{"error": "..."}; the server goes on serving.
+
+Its limits, so that no client can knock it over (each is a `Server` argument):
+
+- a request body of at most `max_body_bytes` (Content-Length or chunked), and at most
+  `max_instances` instances (images) per predict;
+- every request must arrive completely, from the wait for its first byte to its body's last,
+  within `timeout` seconds (an idle keep-alive connection is closed after as long);
+- at most `max_connections` connections are served at once, one thread each; a connection
+  beyond them is answered 503 with Retry-After and closed;
+- at most `max_predicts` predicts run at once and `max_queued` more wait for their turn (for
+  at most `timeout` seconds); beyond, 503 with Retry-After;
+- a 500 says only "internal error; see the server log", and the traceback goes to the log
+  (the `imuge_tf.serve` logger); a client that goes away costs one log line, no traceback.
+
+Each image's decoded size is capped by the exported graph itself (its header is read before
+decoding; see `_ServingGraph._declared_pixels` in export.py), so TF Serving has the same cap.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import json
+import logging
 import math
 import os
 import re
+import socket
 import sys
+import threading
+import time
+from collections import deque
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_INSTANCES = 16
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_MAX_PREDICTS = 2
+DEFAULT_MAX_QUEUED = 8
 DEFAULT_SIGNATURE = "serving_default"
-# A body over the limit is read and dropped (so the client sees the 400, not a reset
-# connection) up to this many bytes; beyond that the connection is simply closed.
+# A body that is refused (over the limit, or not for :predict) is read and dropped (so the
+# client sees the answer, not a reset connection) up to this many bytes; beyond that the
+# connection is simply closed.
 DRAIN_LIMIT_BYTES = 256 * 1024 * 1024
+# Nested lists deeper than this are refused before anything walks them (a tensor input here
+# has at most 4 dimensions).
+MAX_NESTING = 32
+RETRY_AFTER_SECONDS = 1
+INTERNAL_ERROR = "internal error; see the server log"
+# A connection is closed by first ending its output, then reading and dropping its input for
+# at most this long (until the client closes): closing a socket with unread input resets the
+# connection, and a reset can destroy the answer before the client has read it.
+_LINGER_SECONDS = 1.0
+_MAX_LINGERING = 256
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
                    r"(?P<rest>/metadata|:predict|:classify|:regress)?$")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+logger = logging.getLogger(__name__)
+
+
+def _load_malloc_trim():
+    # glibc keeps freed memory in its arenas; malloc_trim hands it back to the system. Other
+    # C libraries (musl, macOS) have no such call, and there this is a no-op.
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Returns the C heap's free memory to the system where the C library can (glibc)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class RequestError(Exception):
-    """A request the server refuses; `status` is the HTTP status (400 by default)."""
+    """A request the server refuses; `status` is the HTTP status (400 by default); `close`:
+    the connection must be closed after the answer (the request's end is not known)."""
 
-    def __init__(self, message, status=HTTPStatus.BAD_REQUEST):
+    def __init__(self, message, status=HTTPStatus.BAD_REQUEST, close=False):
         super().__init__(message)
         self.status = int(status)
+        self.close = close
+
+
+class Busy(Exception):
+    """No room for one more predict now: the client should retry (HTTP 503, gRPC
+    RESOURCE_EXHAUSTED)."""
+
+
+class PredictSlots:
+    """At most `running` predicts at once, and at most `queued` more waiting for a turn.
+
+    `admitted()` holds a place (running or waiting) or raises Busy when all are taken; inside
+    it, `turn(timeout)` waits for a running place, or raises Busy after `timeout` seconds.
+    When the last running predict ends, the C heap's free memory is handed back.
+    """
+
+    def __init__(self, running=DEFAULT_MAX_PREDICTS, queued=DEFAULT_MAX_QUEUED):
+        if running < 1 or queued < 0:
+            raise ValueError("PredictSlots needs running >= 1 and queued >= 0")
+        self.running, self.queued = int(running), int(queued)
+        self._condition = threading.Condition()
+        self._admitted = 0
+        self._busy = 0
+
+    @contextlib.contextmanager
+    def admitted(self):
+        with self._condition:
+            if self._admitted >= self.running + self.queued:
+                raise Busy(f"server busy: {self._admitted} predicts running or waiting")
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._admitted -= 1
+
+    @contextlib.contextmanager
+    def turn(self, timeout):
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while self._busy >= self.running:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise Busy(f"server busy: no predict finished within {timeout:g} s")
+                self._condition.wait(remaining)
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._busy -= 1
+                idle = self._busy == 0
+                self._condition.notify()
+            if idle:
+                release_memory()
 
 
 def find_versions(model_dir: str) -> dict:
@@ -136,8 +256,9 @@ class Model:
                                "version": str(self.version)},
                 "metadata": {"signature_def": described}}
 
-    def predict(self, body) -> dict:
-        """TF Serving's predict: a parsed JSON request -> the JSON response (a dict)."""
+    def predict(self, body, max_instances=None) -> dict:
+        """TF Serving's predict: a parsed JSON request -> the JSON response (a dict). A
+        request with more than `max_instances` instances (None: no limit) is refused."""
         import tensorflow as tf
 
         if not isinstance(body, dict):
@@ -152,9 +273,12 @@ class Model:
                                "format) or \"inputs\" (columnar format)")
         specs = self.inputs[signature_name]
         if row:
-            named = _rows_to_inputs(body["instances"], specs)
+            named = _rows_to_inputs(body["instances"], specs, max_instances)
         else:
             named = _columns_to_inputs(body["inputs"], specs)
+            for value in named.values():
+                if isinstance(value, list):
+                    _check_count(len(value), max_instances)
         arrays = {key: _to_array(key, value, specs[key]) for key, value in named.items()}
         try:
             outputs = self.signatures[signature_name](
@@ -185,11 +309,18 @@ def _tf_message(error) -> str:
     return assertion.group(1) if assertion else text
 
 
-def _rows_to_inputs(instances, specs) -> dict:
+def _check_count(count, max_instances):
+    if max_instances is not None and count > max_instances:
+        raise RequestError(f"{count} instances in one request: this server takes at most "
+                           f"{max_instances} per request; send them in several requests")
+
+
+def _rows_to_inputs(instances, specs, max_instances=None) -> dict:
     if not isinstance(instances, list):
         raise RequestError("\"instances\" must be a list")
     if not instances:
         raise RequestError("\"instances\" is empty: send at least one instance")
+    _check_count(len(instances), max_instances)
     keys = list(specs)
     named = {key: [] for key in keys}
     for index, instance in enumerate(instances):
@@ -230,6 +361,9 @@ def _is_b64(value) -> bool:
 
 def _leaves(value, depth=0):
     """The scalars of a nested list, and the list's shape (None when ragged)."""
+    if depth > MAX_NESTING:
+        raise RequestError(f"lists nested more than {MAX_NESTING} deep: no input of this "
+                           "model has that many dimensions")
     if isinstance(value, list):
         shapes, leaves = set(), []
         for item in value:
@@ -342,25 +476,207 @@ def _format_outputs(outputs, row) -> dict:
 # HTTP
 
 
+class _ClientGone(ConnectionError):
+    """The client closed or reset the connection before its request had arrived."""
+
+
+class _DeadlineReader:
+    """A connection's input, read against a deadline: a request has until `deadline`, from the
+    wait for its first byte to its body's last, however slowly its bytes come (a socket
+    timeout alone would restart with every byte)."""
+
+    def __init__(self, connection, stream):
+        self._connection, self._stream = connection, stream
+        self.deadline = math.inf
+
+    def _arm(self):
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._connection.settimeout(remaining)
+
+    def _call(self, method, *args):
+        self._arm()
+        try:
+            return method(*args)
+        except TimeoutError:
+            raise
+        except OSError as error:
+            raise _ClientGone(f"{type(error).__name__}: {error}") from None
+
+    def read1(self, size):
+        return self._call(self._stream.read1, size)
+
+    def read(self, size):
+        parts, left = [], size
+        while left > 0:
+            piece = self.read1(min(left, 1 << 16))
+            if not piece:
+                break
+            parts.append(piece)
+            left -= len(piece)
+        return b"".join(parts)
+
+    def readline(self, limit=-1):
+        parts, size = [], 0
+        while limit < 0 or size < limit:
+            buffered = self._call(self._stream.peek, 1)
+            if not buffered:
+                break
+            newline = buffered.find(b"\n")
+            take = len(buffered) if newline < 0 else newline + 1
+            if limit >= 0:
+                take = min(take, limit - size)
+            piece = self._stream.read(take)  # already buffered: no read from the socket
+            parts.append(piece)
+            size += len(piece)
+            if piece.endswith(b"\n"):
+                break
+        return b"".join(parts)
+
+    @property
+    def closed(self):
+        return self._stream.closed
+
+    def close(self):
+        self._stream.close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "imuge-serve"
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        if not self.server.quiet:
-            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
+    def setup(self):
+        super().setup()
+        self.rfile = _DeadlineReader(self.connection, self.rfile)
 
-    def _send(self, status, payload, close=False):
+    def handle_one_request(self):
+        self.rfile.deadline = time.monotonic() + self.server.request_timeout
+        # The request's body as far as it is still unread: ("length", n), ("chunked",), or
+        # "unknown" when its end cannot be found (then the connection must close).
+        self._unread = None
+        super().handle_one_request()
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        self.server.log_line(f"{self.address_string()} - {format % args}")
+
+    def send_response(self, code, message=None):
+        # Answers get the whole timeout to be written, whatever was left of the request's.
+        self.connection.settimeout(self.server.request_timeout)
+        super().send_response(code, message)
+
+    def _send(self, status, payload, close=False, headers=()):
         data = (json.dumps(payload, indent=1) + "\n").encode("utf-8")
         self.send_response(int(status))
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
-        if close:
+        for name, value in headers:
+            self.send_header(name, value)
+        if close or self._unread is not None:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
+    # -- the request's body
+    def _framing(self):
+        """How the body is delimited, from the headers; a request whose body's end cannot be
+        told for certain is refused, and its connection closed (else the rest of its body
+        would be read as the next request)."""
+        encodings = self.headers.get_all("Transfer-Encoding") or []
+        lengths = self.headers.get_all("Content-Length") or []
+        if encodings:
+            codings = [part.strip().lower() for value in encodings for part in value.split(",")]
+            if codings != ["chunked"] or lengths:
+                self._unread = "unknown"
+                raise RequestError("Transfer-Encoding: only \"chunked\", alone and without "
+                                   "Content-Length, is supported", HTTPStatus.BAD_REQUEST,
+                                   close=True)
+            self._unread = ("chunked",)
+            return
+        if not lengths:
+            return
+        values = {value.strip() for value in lengths}
+        value = values.pop()
+        if values or not re.fullmatch(r"\d{1,18}", value):
+            self._unread = "unknown"
+            raise RequestError(f"invalid Content-Length: {', '.join(lengths)}", close=True)
+        if int(value):
+            self._unread = ("length", int(value))
+
+    def _read_body(self, limit, keep=True):
+        """The body's bytes (None when not `keep`: read and dropped). Over `limit`: dropped as
+        far as DRAIN_LIMIT_BYTES allows, then RequestError."""
+        unread, self._unread = self._unread, "unknown"
+        if unread is None:
+            self._unread = None
+            return b""
+        if unread[0] == "length":
+            length = unread[1]
+            if length > limit:
+                if length <= DRAIN_LIMIT_BYTES:
+                    self._take(length, keep=False)
+                    self._unread = None
+                raise RequestError(f"request body of {length} bytes exceeds the server's "
+                                   f"limit of {limit} bytes")
+            data = self._take(length, keep)
+            self._unread = None
+            return data
+        parts, total = [], 0
+        while True:
+            line = self.rfile.readline(1024)
+            if not line.endswith(b"\n"):
+                raise (_ClientGone("the connection closed inside a chunked body") if not line
+                       else RequestError("malformed chunked body", close=True))
+            size = line.split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size):
+                raise RequestError("malformed chunked body: bad chunk size", close=True)
+            size = int(size, 16)
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise RequestError(f"chunked request body exceeds the server's limit of {limit}"
+                                   " bytes", close=True)
+            piece = self._take(size, keep)
+            if keep:
+                parts.append(piece)
+            if self._take(2, True) != b"\r\n":
+                raise RequestError("malformed chunked body: no CRLF after a chunk", close=True)
+        for _ in range(64):  # trailer fields, up to an empty line
+            line = self.rfile.readline(8192)
+            if not line.endswith(b"\n"):
+                raise _ClientGone("the connection closed inside a chunked body")
+            if not line.strip():
+                self._unread = None
+                return b"".join(parts) if keep else None
+        raise RequestError("malformed chunked body: too many trailer lines", close=True)
+
+    def _take(self, length, keep):
+        parts, left = [], length
+        while left > 0:
+            piece = self.rfile.read1(min(left, 1 << 16))
+            if not piece:
+                raise _ClientGone(f"the connection closed {left} bytes before the body's end")
+            if keep:
+                parts.append(piece)
+            left -= len(piece)
+        return b"".join(parts) if keep else None
+
+    def _settle(self):
+        """Before an error answer: drops what is left of the body, so that the connection can
+        serve the next request; where it cannot be (unknown end, too long), it will close."""
+        if self._unread is None or self._unread == "unknown":
+            return
+        if self._unread[0] == "length" and self._unread[1] > DRAIN_LIMIT_BYTES:
+            self._unread = "unknown"
+            return
+        try:
+            self._read_body(DRAIN_LIMIT_BYTES, keep=False)
+        except RequestError:
+            pass
+
+    # -- the endpoints
     def _route(self):
         path = self.path.split("?", 1)[0]
         match = _PATH.match(path)
@@ -376,83 +692,102 @@ class _Handler(BaseHTTPRequestHandler):
         model.check_version(match["version"])
         return match["rest"] or ""
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        try:
-            rest = self._route()
-            if rest == "":
-                self._send(HTTPStatus.OK, self.server.model.status())
-            elif rest == "/metadata":
-                self._send(HTTPStatus.OK, self.server.model.metadata())
-            else:
-                raise RequestError(f"Malformed request: GET {self.path}", HTTPStatus.NOT_FOUND)
-        except RequestError as error:
-            self._send(error.status, {"error": str(error)})
-        except Exception as error:  # noqa: BLE001 - the server must keep serving
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(error).__name__}: "
-                                                                   f"{error}"})
+    def _get(self):
+        rest = self._route()
+        if rest == "":
+            return self.server.model.status()
+        if rest == "/metadata":
+            return self.server.model.metadata()
+        raise RequestError(f"Malformed request: GET {self.path}", HTTPStatus.NOT_FOUND)
 
-    def _read_body(self):
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            raise RequestError("chunked request bodies are not supported; send "
-                               "Content-Length", HTTPStatus.BAD_REQUEST)
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            raise RequestError("a request body with a Content-Length header is required",
-                               HTTPStatus.LENGTH_REQUIRED) from None
-        if length < 0:
-            raise RequestError("negative Content-Length")
-        limit = self.server.max_body_bytes
-        if length > limit:
-            self._drain(length)
-            raise RequestError(f"request body of {length} bytes exceeds the server's limit of "
-                               f"{limit} bytes")
-        return self.rfile.read(length)
-
-    def _drain(self, length):
-        if length > DRAIN_LIMIT_BYTES:
-            self.close_connection = True
-            return
-        remaining = length
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, 1 << 20))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        try:
-            rest = self._route()
-            if rest != ":predict":
-                # Drain first so the connection stays usable for the next request.
-                self._read_body()
-                raise RequestError(f"{rest[1:] or 'POST'} is not supported by this server: "
-                                   "use :predict", HTTPStatus.BAD_REQUEST)
-            body = self._read_body()
+    def _post(self):
+        rest = self._route()
+        if rest != ":predict":
+            raise RequestError(f"{rest[1:] or 'POST'} is not supported by this server: "
+                               "use :predict", HTTPStatus.BAD_REQUEST)
+        if self._unread is None and self.headers.get("Content-Length") is None:
+            self._unread = "unknown"
+            raise RequestError("a request body with a Content-Length header (or chunked) is "
+                               "required", HTTPStatus.LENGTH_REQUIRED, close=True)
+        server = self.server
+        # A place among the predicts is taken before the body is read, so that at most that
+        # many bodies are held in memory at once.
+        with server.slots.admitted():
+            body = self._read_body(server.max_body_bytes)
             try:
                 request = json.loads(body.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            except RecursionError:
+                raise RequestError("JSON Parse error: nested too deeply") from None
+            except (UnicodeDecodeError, ValueError) as error:
                 raise RequestError(f"JSON Parse error: {error}") from None
-            response = self.server.model.predict(request)
-            self._send(HTTPStatus.OK, response)
+            with server.slots.turn(server.request_timeout):
+                return server.model.predict(request, max_instances=server.max_instances)
+
+    def _answer(self, work):
+        try:
+            try:
+                self._framing()
+                payload = work()
+            except RecursionError:
+                raise RequestError("request nested too deeply") from None
         except RequestError as error:
-            self._send(error.status, {"error": str(error)},
-                       close=self.close_connection)
-        except Exception as error:  # noqa: BLE001 - the server must keep serving
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR,
-                       {"error": f"{type(error).__name__}: {error}"})
+            self._settle()
+            self._send(error.status, {"error": str(error)}, close=error.close)
+        except Busy as error:
+            self._settle()
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"{error}; retry later"},
+                       close=True, headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])
+        except TimeoutError:
+            self._unread = "unknown"
+            self._send(HTTPStatus.REQUEST_TIMEOUT,
+                       {"error": f"the request did not arrive within "
+                                 f"{self.server.request_timeout:g} s"}, close=True)
+        except _ClientGone as error:
+            self.close_connection = True
+            self.log_message("client went away: %s", error)
+        except Exception:  # noqa: BLE001 - the server must keep serving
+            logger.exception("internal error answering %s %s", self.command,
+                             self.path[:200])
+            self._unread = self._unread or "unknown"
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": INTERNAL_ERROR},
+                       close=True)
+        else:
+            self._send(HTTPStatus.OK, payload)
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        self._answer(self._get)
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        self._answer(self._post)
 
 
-class Server(ThreadingHTTPServer):
-    """The REST server; `serve_forever()` runs it, `shutdown()` stops it from another thread."""
+class Server(HTTPServer):
+    """The REST server; `serve_forever()` runs it, `shutdown()` stops it from another thread.
 
-    daemon_threads = True
+    Limits (see the module docstring): `max_body_bytes`, `max_instances` per predict,
+    `timeout` seconds for a request to arrive, `max_connections` served at once,
+    `max_predicts` running and `max_queued` waiting (or a shared PredictSlots, `slots`).
+    """
+
+    # Connections beyond the accept loop's pace wait in the kernel's queue, not refused.
+    request_queue_size = 128
 
     def __init__(self, model: Model, host="127.0.0.1", port=8501,
-                 max_body_bytes=DEFAULT_MAX_BODY_BYTES, quiet=False):
+                 max_body_bytes=DEFAULT_MAX_BODY_BYTES, quiet=False, *,
+                 max_instances=DEFAULT_MAX_INSTANCES, timeout=DEFAULT_TIMEOUT,
+                 max_connections=DEFAULT_MAX_CONNECTIONS, max_predicts=DEFAULT_MAX_PREDICTS,
+                 max_queued=DEFAULT_MAX_QUEUED, slots=None):
         self.model = model
         self.max_body_bytes = int(max_body_bytes)
+        self.max_instances = int(max_instances)
+        self.request_timeout = float(timeout)
+        self.max_connections = int(max_connections)
+        self.slots = slots or PredictSlots(max_predicts, max_queued)
         self.quiet = quiet
+        self.refused_connections = 0
+        self._connections = 0
+        self._lock = threading.Lock()
+        self._lingering = deque()
         super().__init__((host, port), _Handler)
 
     @property
@@ -460,13 +795,125 @@ class Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def connections(self) -> int:
+        """Connections being served now."""
+        return self._connections
+
+    def log_line(self, line):
+        if not self.quiet:
+            sys.stderr.write(line.rstrip("\n") + "\n")
+
+    # -- one thread per connection, at most max_connections of them
+    def process_request(self, request, client_address):
+        with self._lock:
+            full = self._connections >= self.max_connections
+            if not full:
+                self._connections += 1
+        if full:
+            self._refuse(request, client_address)
+            return
+        try:
+            threading.Thread(target=self._serve_connection, args=(request, client_address),
+                             name=f"imuge-serve {client_address[0]}", daemon=True).start()
+        except BaseException:
+            with self._lock:
+                self._connections -= 1
+            raise
+
+    def _serve_connection(self, request, client_address):
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - logged; the server goes on
+            self.handle_error(request, client_address)
+        finally:
+            _close_gently(request)
+            with self._lock:
+                self._connections -= 1
+
+    def _refuse(self, request, client_address):
+        self.refused_connections += 1
+        message = (json.dumps({"error": f"server busy: {self.max_connections} connections "
+                                        "open; retry later"}) + "\n").encode("utf-8")
+        head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(message)}\r\nRetry-After: {RETRY_AFTER_SECONDS}\r\n"
+                "Connection: close\r\n\r\n").encode("ascii")
+        try:
+            request.setblocking(False)
+            # A new connection's send buffer takes this at once: the accept loop never waits.
+            request.send(head + message)
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            request.close()
+            return
+        self.log_line(f"{client_address[0]} - refused: {self.max_connections} connections "
+                      "already open (503)")
+        self._lingering.append((time.monotonic() + _LINGER_SECONDS, request))
+        while len(self._lingering) > _MAX_LINGERING:
+            self._lingering.popleft()[1].close()
+
+    def service_actions(self):
+        # Called by serve_forever between accepts: refused connections are drained and, once
+        # their client has closed or their time is up, closed.
+        now, kept = time.monotonic(), deque()
+        while self._lingering:
+            deadline, sock = self._lingering.popleft()
+            try:
+                while True:
+                    if not sock.recv(1 << 16):
+                        raise ConnectionError("closed by the client")
+            except BlockingIOError:
+                if now < deadline:
+                    kept.append((deadline, sock))
+                    continue
+            except OSError:
+                pass
+            sock.close()
+        self._lingering = kept
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # the client went away, or the network failed
+            self.log_line(f"{client_address[0]} - client went away: "
+                          f"{type(error).__name__}: {error}")
+        else:
+            logger.error("unexpected error on a connection from %s", client_address[0],
+                         exc_info=True)
+
+    def server_close(self):
+        super().server_close()
+        while self._lingering:
+            self._lingering.popleft()[1].close()
+
+
+def _close_gently(sock):
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + _LINGER_SECONDS
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            if not sock.recv(1 << 16):
+                break
+    except OSError:  # a timeout, or the connection already gone
+        pass
+    finally:
+        sock.close()
+
 
 # ---------------------------------------------------------------------------------------------
 # gRPC (optional): TF Serving's PredictionService.Predict and GetModelMetadata
 
 
-def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=None):
-    """A started grpc.Server with Predict over `model`; returns (server, bound port)."""
+class _Abort(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=None, *,
+                max_instances=DEFAULT_MAX_INSTANCES, slots=None, timeout=DEFAULT_TIMEOUT):
+    """A started grpc.Server with Predict over `model`; returns (server, bound port). It has
+    the REST server's limits on instances and predicts (share `slots` with it)."""
     from concurrent import futures
 
     import grpc
@@ -478,43 +925,64 @@ def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=Non
     )
 
     limit = int(max_message_bytes or DEFAULT_MAX_BODY_BYTES)
+    slots = slots or PredictSlots()
 
     class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def _check(self, spec, context):
+        def _check(self, spec):
             if spec.name != model.name:
-                context.abort(grpc.StatusCode.NOT_FOUND,
-                              f"Servable not found for request: Latest({spec.name})")
+                raise _Abort(grpc.StatusCode.NOT_FOUND,
+                             f"Servable not found for request: Latest({spec.name})")
             if spec.HasField("version") and spec.version.value != model.version:
-                context.abort(grpc.StatusCode.NOT_FOUND,
-                              f"Servable not found for request: Specific({spec.name}, "
-                              f"{spec.version.value})")
+                raise _Abort(grpc.StatusCode.NOT_FOUND,
+                             f"Servable not found for request: Specific({spec.name}, "
+                             f"{spec.version.value})")
 
-        def Predict(self, request, context):  # noqa: N802 - the gRPC service's naming
-            self._check(request.model_spec, context)
+        def _guarded(self, work, context):
+            # context.abort raises, so it is called outside the handlers' own try.
+            try:
+                return work()
+            except _Abort as error:
+                code, message = error.code, str(error)
+            except Busy as error:
+                code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, f"{error}; retry later"
+            except Exception:  # noqa: BLE001 - the server must keep serving
+                logger.exception("internal error answering a gRPC request")
+                code, message = grpc.StatusCode.INTERNAL, INTERNAL_ERROR
+            context.abort(code, message)
+
+        def _predict(self, request):
+            self._check(request.model_spec)
             name = request.model_spec.signature_name or DEFAULT_SIGNATURE
             if name not in model.signatures:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"Serving signature name: \"{name}\" not found")
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"Serving signature name: \"{name}\" not found")
             specs = model.inputs[name]
             if set(request.inputs) != set(specs):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              f"inputs {sorted(specs)} expected, got {sorted(request.inputs)}")
+                raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                             f"inputs {sorted(specs)} expected, got {sorted(request.inputs)}")
             arguments = {}
             for key, spec in specs.items():
                 proto = request.inputs[key]
                 if proto.dtype != spec.dtype.as_datatype_enum:
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"input '{key}': expects {spec.dtype.name}")
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"input '{key}': expects {spec.dtype.name}")
+                dims = [d.size for d in proto.tensor_shape.dim]
+                if dims and dims[0] > max_instances:
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"{dims[0]} instances in one request: this server takes at "
+                                 f"most {max_instances} per request; send them in several "
+                                 "requests")
                 value = tf.make_ndarray(proto)
                 if not spec.shape.is_compatible_with(value.shape):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                  f"input '{key}': shape {list(value.shape)} does not match "
-                                  f"{_tensor_shape(spec)}")
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                 f"input '{key}': shape {list(value.shape)} does not match "
+                                 f"{_tensor_shape(spec)}")
                 arguments[key] = tf.constant(value)
-            try:
-                outputs = model.signatures[name](**arguments)
-            except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, _tf_message(error))
+            with slots.admitted(), slots.turn(timeout):
+                try:
+                    outputs = model.signatures[name](**arguments)
+                except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as error:
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, _tf_message(error)) from None
             response = predict_pb2.PredictResponse()
             response.model_spec.name = model.name
             response.model_spec.signature_name = name
@@ -523,8 +991,8 @@ def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=Non
                 response.outputs[key].CopyFrom(tf.make_tensor_proto(tensor.numpy()))
             return response
 
-        def GetModelMetadata(self, request, context):  # noqa: N802
-            self._check(request.model_spec, context)
+        def _metadata(self, request):
+            self._check(request.model_spec)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             response.model_spec.name = model.name
             response.model_spec.version.value = model.version
@@ -535,7 +1003,17 @@ def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=Non
             response.metadata["signature_def"].Pack(signature_map)
             return response
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+        def Predict(self, request, context):  # noqa: N802 - the gRPC service's naming
+            return self._guarded(lambda: self._predict(request), context)
+
+        def GetModelMetadata(self, request, context):  # noqa: N802
+            return self._guarded(lambda: self._metadata(request), context)
+
+    # Enough workers for every running and waiting predict plus a metadata call; calls beyond
+    # twice that are refused by gRPC itself (RESOURCE_EXHAUSTED) rather than queued unbounded.
+    workers = slots.running + slots.queued + 1
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                         maximum_concurrent_rpcs=2 * workers,
                          options=[("grpc.max_receive_message_length", limit),
                                   ("grpc.max_send_message_length", limit)])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
@@ -547,14 +1025,23 @@ def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=Non
 
 
 def serve(model_dir, host="127.0.0.1", port=8501, grpc_port=None,
-          max_body_bytes=DEFAULT_MAX_BODY_BYTES, quiet=False, ready=None):
-    """Loads the model and serves until interrupted. `ready(server)` is called once listening."""
+          max_body_bytes=DEFAULT_MAX_BODY_BYTES, quiet=False, ready=None, *,
+          max_instances=DEFAULT_MAX_INSTANCES, timeout=DEFAULT_TIMEOUT,
+          max_connections=DEFAULT_MAX_CONNECTIONS, max_predicts=DEFAULT_MAX_PREDICTS,
+          max_queued=DEFAULT_MAX_QUEUED):
+    """Loads the model and serves until interrupted. `ready(server)` is called once listening.
+    REST and gRPC share the limits on running and waiting predicts."""
     model = Model(model_dir)
-    server = Server(model, host, port, max_body_bytes=max_body_bytes, quiet=quiet)
+    slots = PredictSlots(max_predicts, max_queued)
+    server = Server(model, host, port, max_body_bytes=max_body_bytes, quiet=quiet,
+                    max_instances=max_instances, timeout=timeout,
+                    max_connections=max_connections, slots=slots)
     rpc = None
     try:
         if grpc_port is not None:
-            rpc, grpc_port = grpc_server(model, host, grpc_port, max_body_bytes)
+            rpc, grpc_port = grpc_server(model, host, grpc_port, max_body_bytes,
+                                         max_instances=max_instances, slots=slots,
+                                         timeout=timeout)
         if ready is not None:
             ready(server, grpc_port)
         server.serve_forever()
