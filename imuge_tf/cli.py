@@ -105,6 +105,11 @@ class Job:
 
     source: str
     outputs: dict  # role -> path
+    # --skip-existing: every output is there already (skip), or only some are (redo the
+    # photo, replacing them).
+    skip: bool = False
+    replace: bool = False
+    skipped: tuple | None = None  # a skipped job's (record fields, line to say or None)
 
 
 def find_inputs(inputs, exclude=None):
@@ -159,13 +164,15 @@ def find_inputs(inputs, exclude=None):
     return files, problems
 
 
-def plan_outputs(files, out_dir, suffixes, force):
+def plan_outputs(files, out_dir, suffixes, force, skip_existing=False):
     """Jobs for `files` with outputs `out_dir/<name><suffix>` for each role in `suffixes`.
 
     Returns (jobs, problems). A file is refused (a problem, not a job) when one of its outputs
     would overwrite an input (even with force), would be written for another input too, or
-    already exists without `force`; checking this before any model is loaded keeps such
-    mistakes fast and keeps inputs safe.
+    already exists without `force` or `skip_existing`; checking this before any model is
+    loaded keeps such mistakes fast and keeps inputs safe. With `skip_existing`, a file whose
+    outputs all exist is a job marked `skip`, and one with only some of them a job marked
+    `replace` (it is redone and those outputs are overwritten).
     """
     inputs = {os.path.realpath(path) for path, _ in files}
     claimed = {}
@@ -180,7 +187,7 @@ def plan_outputs(files, out_dir, suffixes, force):
                 problem = f"{path}: output {output} would overwrite an input; choose another --out"
             elif real in claimed:
                 problem = f"{path}: output {output} is also the output of {claimed[real]}"
-            elif not force and os.path.lexists(output):
+            elif not force and not skip_existing and os.path.lexists(output):
                 problem = f"{path}: output {output} already exists (use --force to overwrite)"
             if problem:
                 break
@@ -189,8 +196,29 @@ def plan_outputs(files, out_dir, suffixes, force):
             continue
         for output in outputs.values():
             claimed[os.path.realpath(output)] = path
-        jobs.append(Job(path, outputs))
+        job = Job(path, outputs)
+        if skip_existing and outputs:
+            job.skip = all(os.path.isfile(output) for output in outputs.values())
+            job.replace = not job.skip and any(map(os.path.lexists, outputs.values()))
+        jobs.append(job)
     return jobs, problems
+
+
+def remove_leftovers(reporter, out_dir, folders):
+    """Removes the temporary files that killed runs left in `folders` (see
+    imuge_tf.io.remove_stale_partials) and says how many in one line on stderr."""
+    from imuge_tf.io import remove_stale_partials
+
+    removed = [path for folder in sorted(set(folders)) for path in remove_stale_partials(folder)]
+    reporter.removed_leftovers = len(removed)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) left by interrupted runs in {out_dir}",
+              file=sys.stderr, flush=True)
+
+
+def _output_folders(files, out_dir, suffixes):
+    return {os.path.dirname(os.path.join(out_dir, name + suffix))
+            for _, name in files for suffix in suffixes.values()}
 
 
 def _json_ready(value):
@@ -220,6 +248,7 @@ class Reporter:
         # A bar only for a person watching: not in JSON mode, not into a log file.
         self.show_progress = not self.json and sys.stderr.isatty()
         self.records = []
+        self.removed_leftovers = 0
 
     def _write(self, text, stream):
         from tqdm.auto import tqdm
@@ -239,9 +268,17 @@ class Reporter:
     def done(self, path, **fields):
         self.records.append({"input": path, "status": "ok", **fields})
 
+    def skip(self, path, **fields):
+        """A file left as it is (--skip-existing): its outputs were all there already."""
+        self.records.append({"input": path, "status": "skipped", **fields})
+
     @property
     def failed(self):
         return sum(record["status"] == "failed" for record in self.records)
+
+    @property
+    def skipped(self):
+        return sum(record["status"] == "skipped" for record in self.records)
 
     def progress(self, items, description):
         from tqdm.auto import tqdm
@@ -252,6 +289,8 @@ class Reporter:
     def finish(self, code, summary, text):
         """Prints the summary line (or the JSON report) and returns the exit code."""
         if self.json:
+            summary = {**summary, "skipped": self.skipped,
+                       "removed_temporary_files": self.removed_leftovers}
             report = {"command": self.command, "exit_code": code, "summary": summary,
                       "files": self.records}
             print(json.dumps(_json_ready(report), indent=2))
@@ -292,27 +331,53 @@ def _make_folder(path):
                            f"{error.strerror or error}") from None
 
 
-def run_batch(args, command, suffixes, process, load=None):
+def run_batch(args, command, suffixes, process, load=None, skipped=None):
     """Runs `process(imuge, image, job, reporter)` on every input; returns the Reporter.
 
     Problems found before the model loads (missing inputs, outputs that exist) and files that
     fail later are reported one line each; the other files are processed. `load()` gives what
-    `process` receives as `imuge` (default: the model of --model).
+    `process` receives as `imuge` (default: the model of --model). Temporary files of killed
+    runs in the output folders are removed first. With --skip-existing, `skipped(job)` gives
+    (fields of its record, a line to say or None) for a file whose outputs all exist, or None
+    to redo it anyway (default: skip it, its record naming its outputs); the model is not
+    loaded when every file is skipped.
     """
     from imuge_tf.io import ImageReadError, ImageWriteError, read_image
 
     reporter = Reporter(args, command)
     files, problems = find_inputs(args.inputs, exclude=args.out)
     out_dir = args.out
-    jobs, more = plan_outputs(files, out_dir, suffixes, getattr(args, "force", False))
+    skip_existing = getattr(args, "skip_existing", False)
+    jobs, more = plan_outputs(files, out_dir, suffixes, getattr(args, "force", False),
+                              skip_existing)
+    if out_dir is not None:
+        remove_leftovers(reporter, out_dir, _output_folders(files, out_dir, suffixes))
     for path, message in problems + more:
         reporter.fail(path, message)
     if not jobs:
         return reporter
+    if skipped is None:
+        def skipped(job):
+            return {"outputs": job.outputs}, None
+    for job in jobs:
+        if job.skip:
+            job.skipped = skipped(job)
+            # Outputs all there but not usable as they are (e.g. an unreadable report):
+            # the photo is redone and they are replaced.
+            job.skip = job.skipped is not None
+            job.replace = not job.skip
     if out_dir is not None:
         _make_folder(out_dir)
-    imuge = load() if load is not None else load_model(args)
+    imuge = None
+    if not all(job.skip for job in jobs):
+        imuge = load() if load is not None else load_model(args)
     for job in reporter.progress(jobs, command):
+        if job.skip:
+            fields, line = job.skipped
+            reporter.skip(job.source, **fields)
+            if line:
+                reporter.say(line)
+            continue
         try:
             image = read_image(job.source)
             process(imuge, image, job, reporter)
@@ -325,13 +390,26 @@ def run_batch(args, command, suffixes, process, load=None):
 
 
 def _counted(reporter, verb, out_dir):
-    done = len(reporter.records) - reporter.failed
+    done = len(reporter.records) - reporter.failed - reporter.skipped
     text = f"{verb} {done} of {len(reporter.records)} file(s)"
     if out_dir:
         text += f" into {out_dir}"
+    notes = []
+    if reporter.skipped:
+        notes.append(f"{reporter.skipped} skipped: their outputs exist")
     if reporter.failed:
-        text += f" ({reporter.failed} failed)"
+        notes.append(f"{reporter.failed} failed")
+    if notes:
+        text += f" ({'; '.join(notes)})"
     return text
+
+
+def _write_outputs(args, job, files):
+    """Writes one photo's outputs ({path: bytes}) as a unit: all of them or none. A photo
+    redone by --skip-existing because only some of its outputs were there replaces those."""
+    from imuge_tf.io import write_files_atomic
+
+    write_files_atomic(files, force=args.force or job.replace)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +417,7 @@ def _counted(reporter, verb, out_dir):
 
 
 def run_immunize(args) -> int:
-    from imuge_tf.io import ImageWriteError, image_format, write_image
+    from imuge_tf.io import ImageWriteError, encode_image, image_format
 
     suffix = "." + args.format
     # Refuse a lossy format before anything else happens.
@@ -359,11 +437,13 @@ def run_immunize(args) -> int:
                                       "immunizing it again would vouch for whatever it shows "
                                       "now (--reimmunize to do it anyway)")
             return
-        write_image(job.outputs["image"], protected, force=args.force,
-                    allow_lossy=args.allow_lossy)
-        reporter.done(job.source, output=job.outputs["image"])
+        path = job.outputs["image"]
+        _write_outputs(args, job, {path: encode_image(path, protected,
+                                                      allow_lossy=args.allow_lossy)})
+        reporter.done(job.source, output=path)
 
-    reporter = run_batch(args, "immunize", {"image": suffix}, process)
+    reporter = run_batch(args, "immunize", {"image": suffix}, process,
+                         skipped=lambda job: ({"output": job.outputs["image"]}, None))
     code = EXIT_BAD_INPUT if reporter.failed or not reporter.records else EXIT_OK
     summary = {"files": len(reporter.records), "failed": reporter.failed, "out": args.out}
     return reporter.finish(code, summary, _counted(reporter, "immunized", args.out))
@@ -395,59 +475,96 @@ def _remote_model(args):
     return RemoteImuge(client)
 
 
+VERDICTS = ("intact", "tampered", "not_immunized")
+
+
+def _verdict_line(source, verdict, tampered_fraction, note=""):
+    share = 100.0 * float(tampered_fraction or 0.0)
+    detail = f" ({share:.1f} % of the pixels)" if verdict == "tampered" else ""
+    return f"{source}: {verdict}{detail}{note}"
+
+
+def read_verify_report(job):
+    """For --skip-existing: (record fields, line) of a photo from the JSON report an earlier
+    `imuge verify` wrote for it, or None when that report is unreadable or has no verdict
+    (the photo is then verified again)."""
+    try:
+        with open(job.outputs["json"], encoding="utf-8") as stream:
+            report = json.load(stream)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(report, dict) or report.get("verdict") not in VERDICTS:
+        return None
+    fields = {key: value for key, value in report.items() if key not in ("input", "outputs")}
+    line = _verdict_line(job.source, fields["verdict"], fields.get("tampered_fraction"),
+                         " (skipped: from its report)")
+    return {**fields, "outputs": job.outputs}, line
+
+
 def run_verify(args) -> int:
-    from imuge_tf.io import mask_to_image, overlay, write_image, write_text_atomic
+    from imuge_tf.io import encode_image, mask_to_image, overlay
 
     if args.server and args.model:
         raise CommandError("--server and --model: choose one (the server has its own model)")
+    if args.skip_existing and args.out is None:
+        raise CommandError("--skip-existing needs --out: without it verify writes no outputs "
+                           "that could be skipped")
 
     def process(imuge, image, job, reporter):
         # A server gets the file's own bytes where it decodes them as read_image does.
         result = imuge.verify_file(job.source, image) if args.server else imuge.verify(image)
         summary = result.to_dict()
         if job.outputs:
-            write_image(job.outputs["mask"], mask_to_image(result.mask), force=args.force)
-            write_image(job.outputs["overlay"], overlay(image, result.mask), force=args.force)
             report = {"input": job.source, **summary,
                       "outputs": {k: v for k, v in job.outputs.items() if k != "json"}}
-            # Written last: a JSON report means the image outputs are complete.
-            write_text_atomic(job.outputs["json"],
-                              json.dumps(_json_ready(report), indent=2) + "\n",
-                              force=args.force)
+            mask, shown = job.outputs["mask"], job.outputs["overlay"]
+            # All three are written as a unit, the report last: a JSON report means the image
+            # outputs are complete (--skip-existing reads the verdict back from it).
+            _write_outputs(args, job, {
+                mask: encode_image(mask, mask_to_image(result.mask)),
+                shown: encode_image(shown, overlay(image, result.mask)),
+                job.outputs["json"]: (json.dumps(_json_ready(report), indent=2)
+                                      + "\n").encode("utf-8")})
         reporter.done(job.source, **summary, outputs=job.outputs)
-        share = 100.0 * float(result.tampered_fraction)
-        detail = f" ({share:.1f} % of the pixels)" if result.verdict == "tampered" else ""
-        reporter.say(f"{job.source}: {result.verdict}{detail}")
+        reporter.say(_verdict_line(job.source, result.verdict, result.tampered_fraction))
 
     reporter = run_batch(args, "verify", VERIFY_SUFFIXES, process,
-                         load=(lambda: _remote_model(args)) if args.server else None)
-    verdicts = [r["verdict"] for r in reporter.records if r["status"] == "ok"]
-    counts = {v: verdicts.count(v) for v in ("intact", "tampered", "not_immunized")}
+                         load=(lambda: _remote_model(args)) if args.server else None,
+                         skipped=read_verify_report)
+    # Skipped photos count with the verdicts of their reports: a resumed batch exits as the
+    # uninterrupted one would have.
+    verdicts = [r["verdict"] for r in reporter.records if r["status"] in ("ok", "skipped")]
+    counts = {v: verdicts.count(v) for v in VERDICTS}
     code = verify_exit_code(verdicts, reporter.failed)
-    text = (f"verified {len(verdicts)} of {len(reporter.records)} file(s): "
-            f"{counts['intact']} intact, {counts['tampered']} tampered, "
-            f"{counts['not_immunized']} not immunized, {reporter.failed} failed")
+    checked = len(verdicts) - reporter.skipped
+    text = f"verified {checked} of {len(reporter.records)} file(s)"
+    if reporter.skipped:
+        text += f", {reporter.skipped} skipped (verdicts from their reports)"
+    text += (f": {counts['intact']} intact, {counts['tampered']} tampered, "
+             f"{counts['not_immunized']} not immunized, {reporter.failed} failed")
     summary = {"files": len(reporter.records), "failed": reporter.failed, **counts,
                "out": args.out}
     return reporter.finish(code, summary, text)
 
 
 def run_recover(args) -> int:
-    from imuge_tf.io import write_image
+    from imuge_tf.io import encode_image
 
     def process(imuge, image, job, reporter):
         result = imuge.verify(image)
         recovered = imuge.recover(image, result)
-        write_image(job.outputs["image"], recovered, force=args.force)
+        path = job.outputs["image"]
+        _write_outputs(args, job, {path: encode_image(path, recovered)})
         reporter.done(job.source, verdict=result.verdict,
-                      tampered_fraction=float(result.tampered_fraction),
-                      output=job.outputs["image"])
+                      tampered_fraction=float(result.tampered_fraction), output=path)
 
-    reporter = run_batch(args, "recover", {"image": ".recovered.png"}, process)
+    reporter = run_batch(args, "recover", {"image": ".recovered.png"}, process,
+                         skipped=lambda job: ({"output": job.outputs["image"]}, None))
     code = EXIT_BAD_INPUT if reporter.failed or not reporter.records else EXIT_OK
     restored = sum(r.get("verdict") == "tampered" for r in reporter.records)
     text = _counted(reporter, "recovered", args.out)
-    text += f"; content restored in {restored} tampered photo(s), the others copied unchanged"
+    others = "the other processed ones" if reporter.skipped else "the others"
+    text += f"; content restored in {restored} tampered photo(s), {others} copied unchanged"
     summary = {"files": len(reporter.records), "failed": reporter.failed,
                "tampered": restored, "out": args.out}
     return reporter.finish(code, summary, text)
@@ -507,7 +624,7 @@ def make_tamper(kind, image, mask, donor, seed):
 
 
 def run_tamper(args) -> int:
-    from imuge_tf.io import mask_to_image, read_image, write_image
+    from imuge_tf.io import encode_image, mask_to_image, read_image
 
     reporter = Reporter(args, "tamper")
     kinds = TAMPER_KINDS if args.kind == "all" else (args.kind,)
@@ -517,25 +634,36 @@ def run_tamper(args) -> int:
     for kind in kinds:
         suffixes[kind] = f".{kind}.png"
         suffixes[f"{kind}_mask"] = f".{kind}.true-mask.png"
-    jobs, problems = plan_outputs(files, args.out, suffixes, args.force)
+    jobs, problems = plan_outputs(files, args.out, suffixes, args.force, args.skip_existing)
+    remove_leftovers(reporter, args.out, _output_folders(files, args.out, suffixes))
     if problems:
         raise CommandError(problems[0][1])
-    outputs = jobs[0].outputs
+    job = jobs[0]
+    outputs = job.outputs
+    listed = [{"kind": kind, "image": outputs[kind], "true_mask": outputs[f"{kind}_mask"]}
+              for kind in kinds]
+    if job.skip:
+        reporter.skip(args.input, outputs=listed)
+        text = (f"skipped {args.input}: its {len(kinds)} tampered version(s) and true masks "
+                f"are in {args.out} already")
+        return reporter.finish(EXIT_OK, {"kinds": list(kinds), "tampered_fraction": None,
+                                         "out": args.out}, text)
     image = read_image(args.input)
     height, width = image.shape[:2]
     _make_folder(args.out)
     mask = object_mask(args.seed, height, width)
     donor = donor_photo(args.seed, height, width)
-    written = []
+    mask_png = encode_image(outputs[f"{kinds[0]}_mask"], mask_to_image(mask))
+    written = {}
     for kind in reporter.progress(kinds, "tamper"):
         tampered = make_tamper(kind, image, mask, donor, args.seed)
-        write_image(outputs[kind], tampered, force=args.force)
-        write_image(outputs[f"{kind}_mask"], mask_to_image(mask), force=args.force)
-        written.append({"kind": kind, "image": outputs[kind],
-                        "true_mask": outputs[f"{kind}_mask"]})
+        written[outputs[kind]] = encode_image(outputs[kind], tampered)
+        written[outputs[f"{kind}_mask"]] = mask_png
+    # Every version and its true mask as one unit: all of them or none.
+    _write_outputs(args, job, written)
     share = float(mask.mean())
-    reporter.done(args.input, tampered_fraction=share, outputs=written)
-    text = (f"wrote {len(written)} tampered version(s) of {args.input} into {args.out} "
+    reporter.done(args.input, tampered_fraction=share, outputs=listed)
+    text = (f"wrote {len(kinds)} tampered version(s) of {args.input} into {args.out} "
             f"({100 * share:.1f} % of the pixels tampered; true masks in *.true-mask.png)")
     return reporter.finish(EXIT_OK, {"kinds": list(kinds), "tampered_fraction": share,
                                      "out": args.out}, text)
@@ -724,7 +852,8 @@ def _add_common(parser, model=True):
                         help="print one JSON document on stdout (no progress bar)")
 
 
-def _add_image_command(commands, name, help_text, description, out_required=True):
+def _add_image_command(commands, name, help_text, description, out_required=True,
+                       resume_note=""):
     parser = commands.add_parser(name, help=help_text, description=_wrap(description),
                                  epilog=EXIT_CODES_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -733,9 +862,20 @@ def _add_image_command(commands, name, help_text, description, out_required=True
                              ".png, .bmp, .tif, .tiff, .webp")
     parser.add_argument("--out", required=out_required, default=None, metavar="DIR",
                         help="output folder (created); a folder's structure is mirrored")
-    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_resume_flags(parser, resume_note)
     _add_common(parser)
     return parser
+
+
+def _add_resume_flags(parser, note=""):
+    # Exclusive: --force redoes every photo, --skip-existing keeps the complete ones.
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--force", action="store_true",
+                       help="overwrite existing outputs (redo every photo)")
+    group.add_argument("--skip-existing", action="store_true",
+                       help="resume an interrupted batch: skip a photo whose outputs all "
+                            f"exist{note}; a photo with only some of them is redone and "
+                            "those are replaced; not with --force")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -769,7 +909,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "verify", "verdict and tamper mask of received photos",
         "Prints intact / tampered / not_immunized for each photo. With --out, also writes "
         "OUT/<name>.mask.png (white = tampered), OUT/<name>.overlay.png (tampered area in red) "
-        "and OUT/<name>.json.", out_required=False)
+        "and OUT/<name>.json.", out_required=False,
+        resume_note=" (its verdict is read back from its .json report, so the exit code is "
+                    "that of an uninterrupted run; needs --out)")
     verify.add_argument("--server", default=None, metavar="URL",
                         help="verify on a model server instead of a local model: "
                              "http://HOST:PORT (TF Serving REST or `imuge serve`) or "
@@ -799,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="what to paste into the mask (default: donor)")
     tamper.add_argument("--seed", type=_seed, default=0,
                         help="random seed of the mask, donor and colours (default: 0)")
-    tamper.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _add_resume_flags(tamper, " (every kind asked for and its true mask)")
     _add_common(tamper, model=False)
     tamper.set_defaults(handler=run_tamper, runner=run_image_command)
 
@@ -931,7 +1073,9 @@ def run_image_command(handler, args) -> int:
         return handler(args)
     except KeyboardInterrupt:
         # Every file written so far is complete (writes are atomic); nothing half-written.
-        print("interrupted; the outputs written so far are complete", file=sys.stderr)
+        resume = (" (rerun with --skip-existing to resume)"
+                  if hasattr(args, "skip_existing") else "")
+        print(f"interrupted; the outputs written so far are complete{resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - sorted into expected errors and bugs below
         if isinstance(error, _expected_errors()):

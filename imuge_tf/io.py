@@ -7,8 +7,11 @@ refused rather than padded.
 
 Writing (`write_image`, `write_bytes_atomic`, `write_text_atomic`) is atomic: the data goes to
 a temporary file in the target folder which is then renamed over the target, so a reader, a
-crash or a full disk never leaves half a file behind. Existing files are kept unless
-`force=True`. Immunized images must be stored losslessly: the hidden residual is only a few
+crash or a full disk never leaves half a file behind. `write_files_atomic` writes the several
+outputs of one photo as a unit: all or, on failure, none. Existing files are kept unless
+`force=True`. Temporary files carry the writing process's pid in their name, so that
+`remove_stale_partials` can remove those that a killed process left without touching those of
+a run still writing. Immunized images must be stored losslessly: the hidden residual is only a few
 8-bit levels, which JPEG or lossy WebP re-encoding wipes out, so those formats need
 `allow_lossy=True`.
 
@@ -18,10 +21,15 @@ This module imports no TensorFlow, so the command line can use it before loading
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import re
+import secrets
+import shutil
+import socket
+import stat
 import struct
-import tempfile
 import warnings
 import zlib
 
@@ -35,13 +43,16 @@ __all__ = [
     "LOSSY_FORMATS",
     "ImageReadError",
     "ImageWriteError",
+    "encode_image",
     "high_depth_to_uint8",
     "image_format",
     "mask_to_image",
     "overlay",
     "read_image",
+    "remove_stale_partials",
     "to_rgb",
     "write_bytes_atomic",
+    "write_files_atomic",
     "write_image",
     "write_text_atomic",
 ]
@@ -208,62 +219,237 @@ def read_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
 # Writing
 
 
-def _file_mode():
-    """The permissions a new file gets from open(): 0o666 minus the process umask."""
-    # os.umask can only be read by setting it; set it straight back.
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+# Temporary files are named `.<target name>.<host>-<pid>.<random>.partial`, next to their target:
+# the host tag and the pid of the writing process let a later run tell a leftover of a killed
+# process (removed by `remove_stale_partials`) from a file that a running process is writing.
+PARTIAL_SUFFIX = ".partial"
+_PARTIAL_NAME = re.compile(
+    r"^\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)\.[0-9a-f]+\.partial$")
 
 
-def _atomic_write(path, write, *, force, error_type):
-    """Runs `write(stream)` on a temporary file next to `path`, then moves it into place.
+def _host_tag():
+    """8 hex digits naming this machine: a pid only means something on the machine that
+    wrote it (an output folder may be shared over the network)."""
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 
-    Without `force`, an existing `path` is an error, also when it appears while writing: the
-    temporary file is hard-linked to `path`, which fails if it exists (where links are not
-    supported, existence is checked just before an os.replace instead). On any failure the
-    temporary file is removed and `path` is untouched.
-    """
-    path = os.fspath(path)
-    if not force and os.path.lexists(path):
-        raise error_type(f"{path}: already exists (use --force / force=True to overwrite)")
-    if os.path.isdir(path):
-        raise error_type(f"{path}: is a folder")
-    folder = os.path.dirname(os.path.abspath(path))
+
+def _temporary_path(path, pid=None):
+    """A fresh temporary name next to `path`, tagged with this machine and `pid` (default:
+    this process)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    pid = os.getpid() if pid is None else pid
+    return os.path.join(folder, f".{name}.{_host_tag()}-{pid}.{secrets.token_hex(4)}"
+                                f"{PARTIAL_SUFFIX}")
+
+
+def _create_temporary(path):
+    """A new empty temporary file next to `path`: (open file descriptor, its path)."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+             | getattr(os, "O_BINARY", 0))
+    while True:
+        temporary = _temporary_path(path)
+        try:
+            # 0o666 minus the umask: the permissions a plain open() gives a new file.
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue  # 32 random bits taken already: draw again
+
+
+def _remove_quietly(path):
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _keep_previous(path):
+    """A second name for the existing `path` (a hard link; a copy where links are not
+    supported), so that its previous version can be put back; returns that name."""
+    follow = {"follow_symlinks": False} if os.link in os.supports_follow_symlinks else {}
+    while True:
+        backup = _temporary_path(path)
+        try:
+            os.link(path, backup, **follow)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError:
+            break
+    handle, backup = _create_temporary(path)
     try:
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(
-            dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".partial"
-        )
-    except OSError as error:
-        raise error_type(f"{path}: cannot write ({error.strerror or error})") from None
-    try:
-        # mkstemp creates 0600 files; outputs get the permissions a plain open() gives them.
-        os.fchmod(handle, _file_mode())
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if force:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                raise error_type(f"{path}: already exists (use --force / force=True to "
-                                 "overwrite)") from None
-            except OSError:
-                if os.path.lexists(path):
-                    raise error_type(f"{path}: already exists (use --force / force=True to "
-                                     "overwrite)") from None
-                os.replace(temporary, path)
-    except error_type:
+        with os.fdopen(handle, "wb") as target, open(path, "rb") as source:
+            shutil.copyfileobj(source, target)
+            target.flush()
+            os.fsync(target.fileno())
+        shutil.copymode(path, backup)
+    except BaseException:
+        _remove_quietly(backup)
         raise
-    except OSError as error:
-        raise error_type(f"{path}: cannot write ({error.strerror or error})") from None
+    return backup
+
+
+def _exists_error(path):
+    return ImageWriteError(f"{path}: already exists (use --force / force=True to overwrite)")
+
+
+def _place(temporary, path, force):
+    """Moves the complete `temporary` to `path` (without `force`, only if `path` is free)."""
+    if force:
+        os.replace(temporary, path)
+        return
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        raise _exists_error(path) from None
+    except OSError:
+        if os.path.lexists(path):
+            raise _exists_error(path) from None
+        os.replace(temporary, path)
+
+
+def _sync_folders(paths):
+    """fsyncs the folders of `paths`, so that the renames survive a power cut (where the
+    system allows opening a folder; elsewhere this does nothing)."""
+    for folder in {os.path.dirname(os.path.abspath(path)) for path in paths}:
+        try:
+            handle = os.open(folder, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(handle)
+        except OSError:
+            pass
+        finally:
+            os.close(handle)
+
+
+def write_files_atomic(files, force=False):
+    """Writes several files as one unit: all of them or, on failure, none.
+
+    `files` maps paths to bytes, in the order the files are moved into place (a report that
+    lists the others goes last). Every file is first written in full to a temporary file next
+    to its target, flushed and fsynced; only then are they renamed into place. If one cannot
+    be placed, those this call placed already are taken back: new files are removed and, with
+    `force`, previous versions are put back (they were kept under a second name until every
+    file was placed), so the targets hold what they held before.
+
+    Without `force`, a target that exists is an error, also when it appears while writing:
+    targets are hard links to the temporary files, which fails if the target exists (where
+    links are not supported, existence is checked just before an os.replace instead).
+
+    A process killed while writing leaves its temporary files (`remove_stale_partials` removes
+    them later) and never a half-written target; killed during the renames themselves, it can
+    leave some of the targets placed and others not.
+
+    Raises ImageWriteError naming the file and the reason; the targets are then unchanged
+    (should taking back fail too, the message says what could not be undone).
+    """
+    targets = [(os.fspath(path), bytes(data)) for path, data in files.items()]
+    seen = set()
+    for path, _ in targets:
+        if os.path.abspath(path) in seen:
+            raise ImageWriteError(f"{path}: named twice in one write")
+        seen.add(os.path.abspath(path))
+        if not force and os.path.lexists(path):
+            raise _exists_error(path)
+        if os.path.isdir(path):
+            raise ImageWriteError(f"{path}: is a folder")
+    temporaries, backups, placed = {}, {}, []
+    current = None
+    try:
+        for current, data in targets:
+            os.makedirs(os.path.dirname(os.path.abspath(current)), exist_ok=True)
+            handle, temporaries[current] = _create_temporary(current)
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+        if force:
+            for current, _ in targets:
+                if os.path.lexists(current):
+                    backups[current] = _keep_previous(current)
+        for current, _ in targets:
+            _place(temporaries[current], current, force)
+            placed.append(current)
+        _sync_folders(path for path, _ in targets)
+    except BaseException as error:
+        kept = _take_back(placed, backups)
+        if isinstance(error, OSError):
+            message = f"{current}: cannot write ({error.strerror or error})"
+        elif isinstance(error, ImageWriteError):
+            message = str(error)
+        else:  # KeyboardInterrupt and the like: taken back, then passed on
+            raise
+        if kept:
+            message += "; could not undo: " + ", ".join(kept)
+        raise ImageWriteError(message) from None
     finally:
-        if os.path.lexists(temporary):
-            os.remove(temporary)
+        for temporary in temporaries.values():
+            if os.path.lexists(temporary):
+                _remove_quietly(temporary)
+        for backup in backups.values():
+            if os.path.lexists(backup):
+                _remove_quietly(backup)
+
+
+def _take_back(placed, backups):
+    """Undoes the placements of a failed write_files_atomic; returns what could not be
+    undone, one phrase per file."""
+    problems = []
+    for path in reversed(placed):
+        try:
+            if path in backups:
+                os.replace(backups[path], path)
+            else:
+                os.remove(path)
+        except OSError as error:
+            problems.append(f"{path} ({error.strerror or error})")
+            # Keep its previous version: after this failure it is the only copy.
+            backup = backups.pop(path, None)
+            if backup is not None:
+                problems[-1] += f", previous version kept as {backup}"
+    return problems
+
+
+def _process_running(pid):
+    """Whether process `pid` of this machine is running (when unsure: yes)."""
+    if os.name == "nt" or pid <= 0:
+        # os.kill would terminate the process on Windows; pid 0 or less are not processes.
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: another user's process, running
+        return True
+    return True
+
+
+def remove_stale_partials(folder):
+    """Removes the temporary files that processes no longer running left in `folder` (not
+    in its subfolders); returns their paths.
+
+    Only files named as this module names its temporary files, by a process of this machine
+    whose pid no longer runs, are removed: those of a run still writing, of another machine
+    or of other programs are kept. A pid reused since by another process keeps its leftovers
+    until that process ends.
+    """
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    host = _host_tag()
+    for name in sorted(names):
+        match = _PARTIAL_NAME.match(name)
+        if match is None or match["host"] != host or _process_running(int(match["pid"])):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.remove(path)
+                removed.append(path)
+        except OSError:
+            continue  # removed meanwhile by another run's clean-up, or not ours to remove
+    return removed
 
 
 def write_bytes_atomic(path, data, force=False):
@@ -271,9 +457,7 @@ def write_bytes_atomic(path, data, force=False):
 
     Raises ImageWriteError when the file exists (without force) or cannot be written.
     """
-    data = bytes(data)
-    _atomic_write(path, lambda stream: stream.write(data), force=force,
-                  error_type=ImageWriteError)
+    write_files_atomic({path: data}, force=force)
 
 
 def write_text_atomic(path, text, force=False):
@@ -370,6 +554,25 @@ def image_format(path, allow_lossy=False):
                           f"{known}")
 
 
+def encode_image(path, array, *, allow_lossy=False):
+    """The bytes of the file `write_image` writes for `array` at `path` (format from the
+    suffix, checked as there); raises ImageWriteError. Encoding every output of a photo
+    before writing any lets `write_files_atomic` write them as one unit."""
+    path = os.fspath(path)
+    pillow_format, options = image_format(path, allow_lossy)
+    image = _as_pillow_image(array, path)
+    if pillow_format == "JPEG" and image.mode == "RGBA":
+        raise ImageWriteError(f"{path}: JPEG cannot store an alpha channel")
+    if pillow_format == "PNG":
+        return encode_png(np.asarray(image))
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=pillow_format, **options)
+    except (OSError, ValueError) as error:
+        raise ImageWriteError(f"{path}: cannot encode as {pillow_format} ({error})") from None
+    return buffer.getvalue()
+
+
 def write_image(path, array, *, force=False, allow_lossy=False):
     """Writes a uint8 image (H x W grey, H x W x 3 RGB or H x W x 4 RGBA) to `path`.
 
@@ -377,22 +580,9 @@ def write_image(path, array, *, force=False, allow_lossy=False):
     are refused unless `allow_lossy` (they erase the immunization); others are refused. The
     write is atomic and an existing file is kept unless `force`. Raises ImageWriteError.
     """
-    path = os.fspath(path)
-    pillow_format, options = image_format(path, allow_lossy)
-    image = _as_pillow_image(array, path)
-    if pillow_format == "JPEG" and image.mode == "RGBA":
-        raise ImageWriteError(f"{path}: JPEG cannot store an alpha channel")
-    # Encode in memory first: an encoder error then leaves no temporary file to clean up, and
+    # Encoded in memory first: an encoder error then leaves no temporary file to clean up, and
     # the bytes are known before the target folder is touched.
-    if pillow_format == "PNG":
-        write_bytes_atomic(path, encode_png(np.asarray(image)), force=force)
-        return
-    buffer = io.BytesIO()
-    try:
-        image.save(buffer, format=pillow_format, **options)
-    except (OSError, ValueError) as error:
-        raise ImageWriteError(f"{path}: cannot encode as {pillow_format} ({error})") from None
-    write_bytes_atomic(path, buffer.getvalue(), force=force)
+    write_bytes_atomic(path, encode_image(path, array, allow_lossy=allow_lossy), force=force)
 
 
 # ---------------------------------------------------------------------------------------------

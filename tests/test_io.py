@@ -1,9 +1,13 @@
 """Reading and writing image files: strict decoding, format conversions, atomic lossless writes."""
 
+import errno
 import io
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -321,3 +325,135 @@ def test_encode_png_compresses_a_photo_and_refuses_other_arrays(photos):
         encode_png(photo.astype(np.float32))
     with pytest.raises(ValueError, match="channels"):
         encode_png(photo[:, :, :2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Several files as one unit; leftovers of killed processes
+
+
+def fail_placing(monkeypatch, target):
+    """Makes moving a temporary file onto `target` fail with ENOSPC, as a full disk would
+    (link and replace are the two ways write_files_atomic places a file)."""
+    real_link, real_replace = os.link, os.replace
+
+    def guarded(real):
+        def call(source, destination, *args, **kwargs):
+            if os.fspath(destination) == os.fspath(target):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(source, destination, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(os, "link", guarded(real_link))
+    monkeypatch.setattr(os, "replace", guarded(real_replace))
+
+
+def photo_outputs(folder, version):
+    return {folder / "x.mask.png": imuge_io.encode_image("x.png", gradient() // version),
+            folder / "x.overlay.png": imuge_io.encode_image("x.png", 255 - gradient()),
+            folder / "x.json": json.dumps({"version": version}).encode()}
+
+
+def test_write_files_atomic_writes_all_or_none(tmp_path, monkeypatch):
+    files = photo_outputs(tmp_path, 1)
+    imuge_io.write_files_atomic(files)
+    assert {path: path.read_bytes() for path in files} == files
+    assert leftovers(tmp_path) == []
+
+    # One target exists: refused before anything is written, the others stay absent.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.overlay.png").write_bytes(b"earlier")
+    with pytest.raises(ImageWriteError, match="x.overlay.png: already exists"):
+        imuge_io.write_files_atomic(photo_outputs(other, 1))
+    assert os.listdir(other) == ["x.overlay.png"]
+
+    # The disk fills up when the second file is moved into place (simulated): the first one,
+    # placed already, is removed again; nothing of this photo is left.
+    fresh = tmp_path / "fresh"
+    fail_placing(monkeypatch, fresh / "x.overlay.png")
+    with pytest.raises(ImageWriteError, match=r"x.overlay.png: cannot write \(No space left"):
+        imuge_io.write_files_atomic(photo_outputs(fresh, 1))
+    assert os.listdir(fresh) == []
+
+    # The same over an earlier version, with force: the earlier files are all put back.
+    fail_placing(monkeypatch, tmp_path / "x.json")
+    with pytest.raises(ImageWriteError, match="No space left"):
+        imuge_io.write_files_atomic(photo_outputs(tmp_path, 2), force=True)
+    assert {path: path.read_bytes() for path in files} == files
+    assert leftovers(tmp_path) == []
+    monkeypatch.undo()
+    imuge_io.write_files_atomic(photo_outputs(tmp_path, 2), force=True)
+    assert json.loads((tmp_path / "x.json").read_text()) == {"version": 2}
+    assert leftovers(tmp_path) == []
+
+
+def test_write_files_atomic_fails_early_without_placing_anything(tmp_path, monkeypatch):
+    # A real failure half way through writing the temporary files: the second output's folder
+    # cannot be created, because a regular file has its name.
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(ImageWriteError, match="taken/x.png: cannot write"):
+        imuge_io.write_files_atomic({tmp_path / "x.png": b"first",
+                                     tmp_path / "taken" / "x.png": b"second"})
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+    # Syncing the second temporary file to disk fails (a full disk, simulated): no target.
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(handle):
+        calls.append(handle)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(handle)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(ImageWriteError, match=r"b.png: cannot write \(No space left"):
+        imuge_io.write_files_atomic({tmp_path / "a.png": b"a", tmp_path / "b.png": b"b"})
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+    # An interruption (Ctrl-C) while placing takes back what was placed, then goes on.
+    monkeypatch.undo()
+    real_link = os.link
+
+    def interrupted(source, destination, *args, **kwargs):
+        if os.fspath(destination).endswith("b.png"):
+            raise KeyboardInterrupt
+        return real_link(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        imuge_io.write_files_atomic({tmp_path / "a.png": b"a", tmp_path / "b.png": b"b"})
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
+def dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_stale_partials_of_dead_processes_are_removed(tmp_path):
+    target = tmp_path / "x.png"
+    # A process killed with SIGKILL while writing its temporary file.
+    child = subprocess.run(
+        [sys.executable, "-c",
+         "import os, signal, sys\nfrom imuge_tf import io\n"
+         "handle, path = io._create_temporary(sys.argv[1])\nos.write(handle, b'half')\n"
+         "os.kill(os.getpid(), signal.SIGKILL)", str(target)], timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    (killed,) = os.listdir(tmp_path)
+    dead = imuge_io._temporary_path(target, pid=dead_pid())
+    live = imuge_io._temporary_path(target)  # this process's: still running
+    host = imuge_io._host_tag()
+    elsewhere = live.replace(f".{host}-", ".00000000-" if host != "00000000" else ".11111111-")
+    older_naming = str(tmp_path / ".x.png.k3j2_x9a.partial")  # no pid: whose is unknown
+    unrelated = str(tmp_path / ".x.png")
+    for path in (dead, live, elsewhere, older_naming, unrelated):
+        open(path, "wb").close()
+
+    removed = imuge_io.remove_stale_partials(tmp_path)
+    assert sorted(map(os.path.basename, removed)) == sorted([killed, os.path.basename(dead)])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(path) for path in (live, elsewhere, older_naming, unrelated))
+    assert imuge_io.remove_stale_partials(tmp_path) == []
+    assert imuge_io.remove_stale_partials(tmp_path / "missing") == []
