@@ -17,19 +17,23 @@ non-image bytes, a body over the size limit, more instances than the limit) gets
 
 Its limits, so that no client can knock it over (each is a `Server` argument):
 
-- a request body of at most `max_body_bytes` (Content-Length or chunked), and at most
-  `max_instances` instances (images) per predict;
+- a request body of at most `max_body_bytes` (Content-Length or chunked), at most
+  `max_instances` instances (images) per predict, and at most `max_request_pixels` pixels in
+  all, as the images' headers declare them (read by Pillow, before anything is decoded);
 - every request must arrive completely, from the wait for its first byte to its body's last,
   within `timeout` seconds (an idle keep-alive connection is closed after as long);
 - at most `max_connections` connections are served at once, one thread each; a connection
   beyond them is answered 503 with Retry-After and closed;
-- at most `max_predicts` predicts run at once and `max_queued` more wait for their turn (for
-  at most `timeout` seconds); beyond, 503 with Retry-After;
+- request bodies being read at once hold at most `max_buffered_bytes` (4 of the largest
+  allowed by default), and once a body has arrived, at most `max_predicts` predicts run at
+  once and `max_queued` more wait for their turn (for at most `timeout` seconds); beyond
+  either, 503 with Retry-After;
 - a 500 says only "internal error; see the server log", and the traceback goes to the log
   (the `imuge_tf.serve` logger); a client that goes away costs one log line, no traceback.
 
 Each image's decoded size is capped by the exported graph itself (its header is read before
-decoding; see `_ServingGraph._declared_pixels` in export.py), so TF Serving has the same cap.
+decoding; see `_ServingGraph._declared_pixels` in export.py), so TF Serving has the same cap;
+the caps on instances and on a request's pixels in all are this server's own.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import io
 import json
 import logging
 import math
@@ -56,7 +61,13 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_MAX_PREDICTS = 2
 DEFAULT_MAX_QUEUED = 8
+# A request's images in all: as many pixels as one image of the largest size the serving
+# graph decodes (io.DEFAULT_MAX_PIXELS), so that one request costs at most that image's work.
+DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
 DEFAULT_SIGNATURE = "serving_default"
+# Request bodies being read or parsed at once: at most this many bodies of the largest size
+# allowed, in bytes (`max_buffered_bytes` sets another budget).
+BUFFERED_BODIES = 4
 # A body that is refused (over the limit, or not for :predict) is read and dropped (so the
 # client sees the answer, not a reset connection) up to this many bytes; beyond that the
 # connection is simply closed.
@@ -113,6 +124,29 @@ class RequestError(Exception):
 class Busy(Exception):
     """No room for one more predict now: the client should retry (HTTP 503, gRPC
     RESOURCE_EXHAUSTED)."""
+
+
+class ByteBudget:
+    """At most `limit` bytes reserved at once; `reserve(n)` raises Busy beyond it (a single
+    reservation is always allowed when nothing else is held, so one body of any allowed size
+    can be read)."""
+
+    def __init__(self, limit):
+        self.limit = int(limit)
+        self._lock = threading.Lock()
+        self.reserved = 0
+
+    @contextlib.contextmanager
+    def reserve(self, size):
+        with self._lock:
+            if self.reserved and self.reserved + size > self.limit:
+                raise Busy(f"server busy: {self.reserved} bytes of request bodies being read")
+            self.reserved += size
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.reserved -= size
 
 
 class PredictSlots:
@@ -256,9 +290,10 @@ class Model:
                                "version": str(self.version)},
                 "metadata": {"signature_def": described}}
 
-    def predict(self, body, max_instances=None) -> dict:
+    def predict(self, body, max_instances=None, max_pixels=None) -> dict:
         """TF Serving's predict: a parsed JSON request -> the JSON response (a dict). A
-        request with more than `max_instances` instances (None: no limit) is refused."""
+        request with more than `max_instances` instances, or whose encoded images declare
+        more than `max_pixels` pixels in all, is refused (None: no limit)."""
         import tensorflow as tf
 
         if not isinstance(body, dict):
@@ -280,6 +315,7 @@ class Model:
                 if isinstance(value, list):
                     _check_count(len(value), max_instances)
         arrays = {key: _to_array(key, value, specs[key]) for key, value in named.items()}
+        _check_pixels(arrays.values(), max_pixels)
         try:
             outputs = self.signatures[signature_name](
                 **{key: tf.constant(array) for key, array in arrays.items()})
@@ -307,6 +343,38 @@ def _tf_message(error) -> str:
     text = " ".join(kept).strip() or type(error).__name__
     assertion = re.match(r"assertion failed: \[([^\]]*)\]", text)
     return assertion.group(1) if assertion else text
+
+
+_HEADER_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
+
+
+def declared_pixels(data) -> int:
+    """Width x height as an encoded image's header declares them (Pillow reads the header
+    only); 0 when Pillow cannot tell, and then the serving graph refuses the bytes or decodes
+    them itself."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=_HEADER_FORMATS) as image:
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - anything Pillow cannot read is the graph's to refuse
+        return 0
+    return int(width) * int(height)
+
+
+def _check_pixels(arrays, max_pixels):
+    if max_pixels is None:
+        return
+    total = sum(declared_pixels(blob) for array in arrays if array.dtype == object
+                for blob in array.ravel())
+    if total > max_pixels:
+        raise RequestError(f"the request's images declare {total} pixels in all: this server "
+                           f"takes at most {max_pixels} per request; send fewer or smaller "
+                           "images per request")
 
 
 def _check_count(count, max_instances):
@@ -663,18 +731,21 @@ class _Handler(BaseHTTPRequestHandler):
             left -= len(piece)
         return b"".join(parts) if keep else None
 
-    def _settle(self):
+    def _settle(self, patience=None):
         """Before an error answer: drops what is left of the body, so that the connection can
-        serve the next request; where it cannot be (unknown end, too long), it will close."""
+        serve the next request; where it cannot be (unknown end, too long, not all there
+        within `patience` seconds), it will close."""
         if self._unread is None or self._unread == "unknown":
             return
         if self._unread[0] == "length" and self._unread[1] > DRAIN_LIMIT_BYTES:
             self._unread = "unknown"
             return
+        if patience is not None:
+            self.rfile.deadline = min(self.rfile.deadline, time.monotonic() + patience)
         try:
             self._read_body(DRAIN_LIMIT_BYTES, keep=False)
-        except RequestError:
-            pass
+        except (RequestError, TimeoutError):
+            self._unread = "unknown"
 
     # -- the endpoints
     def _route(self):
@@ -710,9 +781,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError("a request body with a Content-Length header (or chunked) is "
                                "required", HTTPStatus.LENGTH_REQUIRED, close=True)
         server = self.server
-        # A place among the predicts is taken before the body is read, so that at most that
-        # many bodies are held in memory at once.
-        with server.slots.admitted():
+        # The body's bytes are reserved before it is read, so that the bodies held at once
+        # stay within a budget; the predicts' places are taken once a body has arrived, so
+        # that a client sending its body slowly holds no place among them.
+        declared = self._unread[1] if self._unread and self._unread[0] == "length" else 0
+        size = min(declared or server.max_body_bytes, server.max_body_bytes)
+        with server.buffered.reserve(size):
             body = self._read_body(server.max_body_bytes)
             try:
                 request = json.loads(body.decode("utf-8"))
@@ -720,8 +794,10 @@ class _Handler(BaseHTTPRequestHandler):
                 raise RequestError("JSON Parse error: nested too deeply") from None
             except (UnicodeDecodeError, ValueError) as error:
                 raise RequestError(f"JSON Parse error: {error}") from None
-            with server.slots.turn(server.request_timeout):
-                return server.model.predict(request, max_instances=server.max_instances)
+            del body
+        with server.slots.admitted(), server.slots.turn(server.request_timeout):
+            return server.model.predict(request, max_instances=server.max_instances,
+                                        max_pixels=server.max_request_pixels)
 
     def _answer(self, work):
         try:
@@ -734,7 +810,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._settle()
             self._send(error.status, {"error": str(error)}, close=error.close)
         except Busy as error:
-            self._settle()
+            # Shed load at once: a busy server does not wait long for a body it will drop.
+            self._settle(patience=1.0)
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"{error}; retry later"},
                        close=True, headers=[("Retry-After", str(RETRY_AFTER_SECONDS))])
         except TimeoutError:
@@ -764,7 +841,8 @@ class _Handler(BaseHTTPRequestHandler):
 class Server(HTTPServer):
     """The REST server; `serve_forever()` runs it, `shutdown()` stops it from another thread.
 
-    Limits (see the module docstring): `max_body_bytes`, `max_instances` per predict,
+    Limits (see the module docstring): `max_body_bytes`, `max_instances` and
+    `max_request_pixels` per predict, `max_buffered_bytes` of bodies being read at once,
     `timeout` seconds for a request to arrive, `max_connections` served at once,
     `max_predicts` running and `max_queued` waiting (or a shared PredictSlots, `slots`).
     """
@@ -776,10 +854,13 @@ class Server(HTTPServer):
                  max_body_bytes=DEFAULT_MAX_BODY_BYTES, quiet=False, *,
                  max_instances=DEFAULT_MAX_INSTANCES, timeout=DEFAULT_TIMEOUT,
                  max_connections=DEFAULT_MAX_CONNECTIONS, max_predicts=DEFAULT_MAX_PREDICTS,
-                 max_queued=DEFAULT_MAX_QUEUED, slots=None):
+                 max_queued=DEFAULT_MAX_QUEUED, slots=None,
+                 max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS, max_buffered_bytes=None):
         self.model = model
         self.max_body_bytes = int(max_body_bytes)
+        self.buffered = ByteBudget(max_buffered_bytes or BUFFERED_BODIES * self.max_body_bytes)
         self.max_instances = int(max_instances)
+        self.max_request_pixels = int(max_request_pixels)
         self.request_timeout = float(timeout)
         self.max_connections = int(max_connections)
         self.slots = slots or PredictSlots(max_predicts, max_queued)
@@ -911,9 +992,10 @@ class _Abort(Exception):
 
 
 def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=None, *,
-                max_instances=DEFAULT_MAX_INSTANCES, slots=None, timeout=DEFAULT_TIMEOUT):
+                max_instances=DEFAULT_MAX_INSTANCES, slots=None, timeout=DEFAULT_TIMEOUT,
+                max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS):
     """A started grpc.Server with Predict over `model`; returns (server, bound port). It has
-    the REST server's limits on instances and predicts (share `slots` with it)."""
+    the REST server's limits on instances, pixels and predicts (share `slots` with it)."""
     from concurrent import futures
 
     import grpc
@@ -978,6 +1060,10 @@ def grpc_server(model: Model, host="127.0.0.1", port=8500, max_message_bytes=Non
                                  f"input '{key}': shape {list(value.shape)} does not match "
                                  f"{_tensor_shape(spec)}")
                 arguments[key] = tf.constant(value)
+                try:
+                    _check_pixels([value], max_request_pixels)
+                except RequestError as error:
+                    raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
             with slots.admitted(), slots.turn(timeout):
                 try:
                     outputs = model.signatures[name](**arguments)
@@ -1028,20 +1114,22 @@ def serve(model_dir, host="127.0.0.1", port=8501, grpc_port=None,
           max_body_bytes=DEFAULT_MAX_BODY_BYTES, quiet=False, ready=None, *,
           max_instances=DEFAULT_MAX_INSTANCES, timeout=DEFAULT_TIMEOUT,
           max_connections=DEFAULT_MAX_CONNECTIONS, max_predicts=DEFAULT_MAX_PREDICTS,
-          max_queued=DEFAULT_MAX_QUEUED):
+          max_queued=DEFAULT_MAX_QUEUED, max_request_pixels=DEFAULT_MAX_REQUEST_PIXELS):
     """Loads the model and serves until interrupted. `ready(server)` is called once listening.
     REST and gRPC share the limits on running and waiting predicts."""
     model = Model(model_dir)
     slots = PredictSlots(max_predicts, max_queued)
     server = Server(model, host, port, max_body_bytes=max_body_bytes, quiet=quiet,
                     max_instances=max_instances, timeout=timeout,
-                    max_connections=max_connections, slots=slots)
+                    max_connections=max_connections, slots=slots,
+                    max_request_pixels=max_request_pixels)
     rpc = None
     try:
         if grpc_port is not None:
             rpc, grpc_port = grpc_server(model, host, grpc_port, max_body_bytes,
                                          max_instances=max_instances, slots=slots,
-                                         timeout=timeout)
+                                         timeout=timeout,
+                                         max_request_pixels=max_request_pixels)
         if ready is not None:
             ready(server, grpc_port)
         server.serve_forever()

@@ -294,7 +294,8 @@ def test_small_files_of_every_format_are_served_as_pillow_decodes_them(model):
 def test_files_declaring_9000_by_9000_are_refused_before_decoding(model, photo, name):
     data = HUGE_FILES[name]()
     assert len(data) < 20_000
-    with running(model) as server:
+    # The server's own budget for a request's pixels is lifted: the graph's check answers.
+    with running(model, max_request_pixels=10 ** 12) as server:
         status, _, body = predict(server, [data])
         assert status == 400, body
         assert "too large" in body["error"] and "64000000" in body["error"]
@@ -310,7 +311,7 @@ def gif_bomb():
 
 
 def test_a_real_gif_bomb_is_refused_without_the_memory_to_decode_it(model, photo, gif_bomb):
-    with running(model) as server:
+    with running(model, max_request_pixels=10 ** 12) as server:
         assert_serving(server, photo)
         measured = vmhwm_reset()
         before = vmhwm_mb()
@@ -388,6 +389,27 @@ def test_instances_over_the_cap_get_400_and_the_server_keeps_serving(model, phot
         assert status == 400 and "at most 3" in body["error"]
         status, _, body = request(server, "POST", PREDICT, {"instances": [blob] * 3})
         assert status == 200 and len(body["predictions"]) == 3
+
+
+@pytest.mark.parametrize("name", ["jpeg", "gif_screen", "webp_lossless", "bmp"])
+def test_a_request_over_the_pixel_budget_gets_400_before_the_graph_runs(model, photo, name):
+    calls = []
+    original = model.signatures["serving_default"]
+
+    def counted(**inputs):
+        calls.append(1)
+        return original(**inputs)
+
+    blob = encode(photo)
+    with running(model, max_request_pixels=3 * 48 * 64) as server:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(model.signatures, "serving_default", counted)
+            status, _, body = predict(server, [blob] * 4)
+            assert status == 400 and "12288 pixels in all" in body["error"], body
+            status, _, body = predict(server, [HUGE_FILES[name]()])
+            assert status == 400 and "81000000 pixels in all" in body["error"], body
+            assert calls == []
+            assert predict(server, [blob] * 3)[0] == 200
 
 
 def test_grpc_has_the_instances_cap_and_a_generic_internal_error(model, photo, monkeypatch,
@@ -486,10 +508,10 @@ def test_predicts_over_the_cap_get_503_with_retry_after(model, photo, monkeypatc
     entered, release = threading.Event(), threading.Event()
     original = model.predict
 
-    def slow(body, max_instances=None):
+    def slow(body, **limits):
         entered.set()
         release.wait(timeout=30)
-        return original(body, max_instances=max_instances)
+        return original(body, **limits)
 
     monkeypatch.setattr(model, "predict", slow)
     blob = encode(photo)
@@ -512,13 +534,31 @@ def test_predicts_over_the_cap_get_503_with_retry_after(model, photo, monkeypatc
         assert_serving(server, photo)
 
 
+def test_slow_bodies_hold_no_predict_place_and_bodies_being_read_have_a_budget(model, photo):
+    blob = encode(photo)
+    with running(model, max_predicts=1, max_queued=0, max_body_bytes=50_000,
+                 max_buffered_bytes=60_000) as server:
+        slow = connect(server)
+        slow.sendall(post(PREDICT, b'{"instances": [', "Content-Length: 40000"))
+        wait_for(lambda: server.buffered.reserved == 40_000)
+        assert_serving(server, photo)  # 40000 + its few KB fit the budget; its place is free
+        another = connect(server)
+        another.sendall(post(PREDICT, b'{"instances": [', "Content-Length: 30000"))
+        answer = read_until_closed(another, limit=10)
+        assert answers(answer) == [503] and b"Retry-After: 1" in answer
+        another.close()
+        slow.close()
+        wait_for(lambda: server.buffered.reserved == 0)
+        assert predict(server, [blob] * 2)[0] == 200
+
+
 def test_a_waiting_predict_gives_up_after_the_timeout(model, photo, monkeypatch):
     release = threading.Event()
     original = model.predict
 
-    def slow(body, max_instances=None):
+    def slow(body, **limits):
         release.wait(timeout=30)
-        return original(body, max_instances=max_instances)
+        return original(body, **limits)
 
     monkeypatch.setattr(model, "predict", slow)
     blob = encode(photo)
