@@ -24,10 +24,10 @@ Its limits, so that no client can knock it over (each is a `Server` argument):
   within `timeout` seconds (an idle keep-alive connection is closed after as long);
 - at most `max_connections` connections are served at once, one thread each; a connection
   beyond them is answered 503 with Retry-After and closed;
-- request bodies being read at once hold at most `max_buffered_bytes` (4 of the largest
-  allowed by default), and once a body has arrived, at most `max_predicts` predicts run at
-  once and `max_queued` more wait for their turn (for at most `timeout` seconds); beyond
-  either, 503 with Retry-After;
+- the predict requests held at once (from their body's first byte to their answer) have
+  bodies of at most `max_buffered_bytes` in all (4 of the largest allowed by default), and
+  once a body has arrived, at most `max_predicts` predicts run at once and `max_queued` more
+  wait for their turn (for at most `timeout` seconds); beyond either, 503 with Retry-After;
 - a 500 says only "internal error; see the server log", and the traceback goes to the log
   (the `imuge_tf.serve` logger); a client that goes away costs one log line, no traceback.
 
@@ -65,8 +65,8 @@ DEFAULT_MAX_QUEUED = 8
 # graph decodes (io.DEFAULT_MAX_PIXELS), so that one request costs at most that image's work.
 DEFAULT_MAX_REQUEST_PIXELS = 64_000_000
 DEFAULT_SIGNATURE = "serving_default"
-# Request bodies being read or parsed at once: at most this many bodies of the largest size
-# allowed, in bytes (`max_buffered_bytes` sets another budget).
+# Predict requests held at once (read, parsed, waiting or running): bodies of at most this
+# many times the largest size allowed, in bytes (`max_buffered_bytes` sets another budget).
 BUFFERED_BODIES = 4
 # A body that is refused (over the limit, or not for :predict) is read and dropped (so the
 # client sees the answer, not a reset connection) up to this many bytes; beyond that the
@@ -668,7 +668,8 @@ class _Handler(BaseHTTPRequestHandler):
         value = values.pop()
         if values or not re.fullmatch(r"\d{1,18}", value):
             self._unread = "unknown"
-            raise RequestError(f"invalid Content-Length: {', '.join(lengths)}", close=True)
+            raise RequestError(f"invalid Content-Length: {', '.join(lengths)[:100]}",
+                               close=True)
         if int(value):
             self._unread = ("length", int(value))
 
@@ -781,9 +782,10 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError("a request body with a Content-Length header (or chunked) is "
                                "required", HTTPStatus.LENGTH_REQUIRED, close=True)
         server = self.server
-        # The body's bytes are reserved before it is read, so that the bodies held at once
-        # stay within a budget; the predicts' places are taken once a body has arrived, so
-        # that a client sending its body slowly holds no place among them.
+        # The body's size is reserved before it is read, and held until the answer, so that
+        # the requests held in memory at once (bodies, parsed JSON) stay within a budget; the
+        # predicts' places are taken once a body has arrived, so that a client sending its
+        # body slowly holds no place among them.
         declared = self._unread[1] if self._unread and self._unread[0] == "length" else 0
         size = min(declared or server.max_body_bytes, server.max_body_bytes)
         with server.buffered.reserve(size):
@@ -795,9 +797,9 @@ class _Handler(BaseHTTPRequestHandler):
             except (UnicodeDecodeError, ValueError) as error:
                 raise RequestError(f"JSON Parse error: {error}") from None
             del body
-        with server.slots.admitted(), server.slots.turn(server.request_timeout):
-            return server.model.predict(request, max_instances=server.max_instances,
-                                        max_pixels=server.max_request_pixels)
+            with server.slots.admitted(), server.slots.turn(server.request_timeout):
+                return server.model.predict(request, max_instances=server.max_instances,
+                                            max_pixels=server.max_request_pixels)
 
     def _answer(self, work):
         try:
@@ -842,7 +844,7 @@ class Server(HTTPServer):
     """The REST server; `serve_forever()` runs it, `shutdown()` stops it from another thread.
 
     Limits (see the module docstring): `max_body_bytes`, `max_instances` and
-    `max_request_pixels` per predict, `max_buffered_bytes` of bodies being read at once,
+    `max_request_pixels` per predict, `max_buffered_bytes` of bodies held at once,
     `timeout` seconds for a request to arrive, `max_connections` served at once,
     `max_predicts` running and `max_queued` waiting (or a shared PredictSlots, `slots`).
     """
