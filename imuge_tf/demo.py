@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from imuge_tf import scoring
+from imuge_tf.attacks import cases
 from imuge_tf.evaluation import panel_images, save_panels, telea_inpaint
 from imuge_tf.io import cover
 
@@ -97,13 +98,13 @@ def run_demo(imuge, out_dir, *, progress=True) -> dict:
         steps.update(1)
 
     original = cover(sample_photo(DEMO_PHOTO), height, width)
-    donor = cover(sample_photo(DEMO_DONOR), height, width)
+    donor = cases.covering(sample_photo(DEMO_DONOR), height, width)
     immunized = imuge.immunize(original)
     step("immunized")
     shared, shared_bytes = _jpeg(immunized, DEMO_JPEG_QUALITY)
     step("shared as JPEG")
     mask = _ellipse_mask(height, width)
-    tampered, _ = _jpeg(np.where(mask[..., None], donor, shared), DEMO_JPEG_QUALITY)
+    tampered, _ = _jpeg(cases.paste(shared, donor, mask), DEMO_JPEG_QUALITY)
     step("tampered")
     result = imuge.verify(tampered)
     step(f"verdict {result.verdict}")
@@ -112,7 +113,7 @@ def run_demo(imuge, out_dir, *, progress=True) -> dict:
     telea = telea_inpaint(tampered, mask)
     step("recovered")
 
-    lossless = _png(np.where(mask[..., None], donor, _png(immunized)))
+    lossless = _png(cases.paste(_png(immunized), donor, mask))
     lossless_result = imuge.verify(lossless)
     lossless_recovered = imuge.recover(lossless, lossless_result)
     lossless_true = imuge.recover_with_mask(lossless, mask)

@@ -86,6 +86,7 @@ from collections import Counter
 import numpy as np
 
 from imuge_tf import scoring
+from imuge_tf.attacks import cases
 from imuge_tf.attacks.evaluation import ATTACKS, TABLE1_ATTACKS, get_attack
 
 __all__ = [
@@ -231,42 +232,23 @@ def _photo_sources(paths_or_arrays) -> list[tuple[str, object]]:
 
 
 def _donor_for(photo: np.ndarray, donor: np.ndarray) -> np.ndarray:
-    """`donor` scaled and centre-cropped to `photo`'s size."""
-    from imuge_tf.io import cover
-
-    if donor.shape == photo.shape:
-        return donor
-    return cover(donor, photo.shape[0], photo.shape[1])
+    """`donor` scaled and centre-cropped to `photo`'s size (benchmarks use it too)."""
+    return cases.covering(donor, photo.shape[0], photo.shape[1])
 
 
 def _bundled_donor(photo: np.ndarray) -> np.ndarray:
     """A bundled scikit-image photo at the photo's size that is not the photo itself."""
-    from imuge_tf.samples import SAMPLE_PHOTO_NAMES, sample_photo
-
-    for name in SAMPLE_PHOTO_NAMES:
-        donor = _donor_for(photo, sample_photo(name))
-        if not np.array_equal(donor, photo):
-            return donor
-    raise RuntimeError("no bundled photo differs from the evaluated one")
+    return cases.bundled_donor(photo.shape[0], photo.shape[1], unlike=photo)
 
 
 def _tamper_mask(seed: tuple[int, int], shape, *, area_range, largest_range, max_regions,
                  shapes) -> np.ndarray:
-    """A bool H x W object-shaped tamper mask from masks.py (the training generator): drawn
+    """A bool H x W object-shaped tamper mask (imuge_tf.attacks.cases.object_mask): drawn
     at S x S for a square photo of side S <= MASK_CANVAS, else on the MASK_CANVAS square and
     stretched to the photo (nearest neighbour)."""
-    import tensorflow as tf
-
-    from imuge_tf.attacks.masks import random_tamper_mask
-
-    height, width = shape
-    canvas = height if height == width and height <= MASK_CANVAS else MASK_CANVAS
-    mask = random_tamper_mask(tf.constant(seed, tf.int64), canvas, area_range=area_range,
-                              largest_range=largest_range, max_regions=max_regions,
-                              shapes=shapes)
-    if (height, width) != (canvas, canvas):
-        mask = tf.image.resize(mask[None], (height, width), method="nearest")[0]
-    return mask.numpy()[..., 0] > 0.5
+    return cases.object_mask(seed, shape[0], shape[1], canvas=MASK_CANVAS, smooth=False,
+                             area_range=area_range, largest_range=largest_range,
+                             max_regions=max_regions, shapes=shapes)
 
 
 def _fixed_share_mask(seed, shape, rst, rlt) -> np.ndarray:
@@ -275,11 +257,6 @@ def _fixed_share_mask(seed, shape, rst, rlt) -> np.ndarray:
     regions = min(16, max(1, math.ceil(rst / rlt - 1e-6) + 1))
     return _tamper_mask(seed, shape, area_range=(rst, rst), largest_range=(rlt, rlt),
                         max_regions=regions, shapes=TAMPER_MASK["shapes"])
-
-
-def _paste(image: np.ndarray, donor: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Eq. 1 on uint8 pixels: the donor inside the mask, the image outside it."""
-    return np.where(mask[..., None], donor, image)
 
 
 def telea_inpaint(image: np.ndarray, mask: np.ndarray, radius: int = TELEA_RADIUS) -> np.ndarray:
@@ -344,8 +321,8 @@ def _evaluate_photo(imuge, original, donor, attacks, table2, seed, index, want_p
              "ssim_immunized": scoring.ssim(original, immunized)}
 
     mask = _tamper_mask((seed, 16 * index), shape, **TAMPER_MASK)
-    tampered = _paste(immunized, donor, mask)
-    tampered_plain = _paste(original, donor, mask)
+    tampered = cases.paste(immunized, donor, mask)
+    tampered_plain = cases.paste(original, donor, mask)
     noise_seed = seed * 100_003 + index
     table1, verdicts, panel = {}, {}, None
     for name in attacks:
@@ -381,7 +358,7 @@ def _evaluate_photo(imuge, original, donor, attacks, table2, seed, index, want_p
     rows = {}
     for row, (name, rst, rlt) in enumerate(table2, start=1):
         row_mask = _fixed_share_mask((seed, 16 * index + row), shape, rst, rlt)
-        attacked = _paste(immunized, donor, row_mask)
+        attacked = cases.paste(immunized, donor, row_mask)
         result = imuge.verify(attacked)
         scores = _localization(result, row_mask)
         scores.update(_recovery(imuge, original, attacked, result, row_mask)[0])
