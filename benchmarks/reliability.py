@@ -87,11 +87,87 @@ def render_training(figures) -> str:
     return "\n".join(lines)
 
 
+def render_server(figures) -> str:
+    burst, retrying = figures["burst"], figures["burst_retrying"]
+    memory, large = figures["memory_mb"], figures["large_photos"]
+    rows = [
+        ["one predict of a small photo",
+         f"median {figures['one_predict_ms']['median']} ms of repeated runs"],
+        [f"{burst['clients']} clients at once",
+         f"{burst['ok']} served, {burst['busy_503']} got 503 ({burst['busy_with_retry_after']} "
+         f"with Retry-After), {burst['other']} other; served latency median "
+         f"{burst['latency_ms_ok']['median']:.0f} ms, p95 {burst['latency_ms_ok']['p95']:.0f} ms"],
+        [f"{retrying['clients']} clients at once, retrying after 503",
+         f"{retrying['ok']} served in {retrying['wall_s']} s; median "
+         f"{retrying['latency_ms_ok']['median']:.0f} ms, p95 "
+         f"{retrying['latency_ms_ok']['p95']:.0f} ms"],
+        [f"{large['requests']} requests of {large['photos_per_request']} photos of "
+         f"{large['photo_size']}", f"statuses {large['statuses']}; RSS {large['rss_before_mb']}"
+         f" -> peak {large['peak_mb']} -> {large['rss_after_mb']} MB"],
+    ]
+    for name, case in figures["hostile"].items():
+        if name == "slow_loris":
+            threads = case["server_threads"]
+            text = (f"{case['connections']} connections that never send their body: "
+                    f"{case['refused_503_at_once']} got 503 at once, "
+                    f"{case['held_then_closed_by_server']} answered 408 and closed after "
+                    f"{case['held_closed_after_s']['first']}-{case['held_closed_after_s']['last']}"
+                    f" s, {case['never_closed']} never closed; threads {threads['before']} -> "
+                    f"{threads['while_held']} -> {threads['after']}")
+        else:
+            text = str(case.get("status"))
+            if "seconds" in case:
+                text += f" in {case['seconds'] * 1000:.0f} ms"
+            if case.get("file_bytes"):
+                text += f" (a {case['file_bytes']}-byte file)"
+            if case.get("error"):
+                text += f": {case['error']}"
+            details = [f"{k.replace('_', ' ')} {v}" for k, v in case.items()
+                       if isinstance(v, bool) or k == "where"]
+            if details:
+                text += "; " + ", ".join(details)
+        if "health_after" in case:
+            text += f"; health check after it: {case['health_after']}"
+        rows.append([name.replace("_", " "), text])
+    for name, case in figures.get("graph_check", {}).items():
+        rows.append([f"{name.replace('_', ' ')}, the exported graph alone",
+                     f"{case['outcome']} in {case['seconds'] * 1000:.0f} ms, memory +"
+                     f"{case['peak_growth_mb']} MB"])
+    still = figures["still_serving"]
+    rows.append(["afterwards", f"health {still['health']}, predict {still['predict']} "
+                               f"({still['verdict']})"])
+    return (common.markdown_table(["request", "answer"], rows)
+            + f"\n\nServer memory (RSS): {memory['baseline_rss']} MB at start, "
+              f"{memory['burst_peak']} MB peak during the burst, {memory['after_burst_rss']} MB "
+              f"after it, {memory['after_everything_rss']} MB after everything "
+              f"(+{memory['baseline_growth']} MB, mostly after the large photos).")
+
+
+def render_cli(figures) -> str:
+    rows = []
+    for name, command in figures["commands"].items():
+        rows.append([f"`imuge {name}`", command["kills"], command["resumes"],
+                     command["kills_with_some_outputs_written"],
+                     command["broken_outputs_after_kills"],
+                     command["incomplete_photos_after_kills"],
+                     command["partials_left_by_kills"], command["outputs_checked"],
+                     command["broken_outputs"], command["leftovers_found"],
+                     command["exit_code_mismatches"]])
+    table = common.markdown_table(
+        ["command", "kills", "resumes", "kills after some outputs", "broken after a kill",
+         "photos half-written after a kill", ".partial left by kills", "outputs checked",
+         "broken after resume", "leftovers after resume", "exit code differs"], rows)
+    return (f"{figures['photos']} photos ({figures['photo_source']}), {figures['rounds']} "
+            f"rounds per command, kills at random moments of the batch, each resumed with "
+            f"`--skip-existing` (sometimes killed again); outputs compared byte for byte with "
+            f"an uninterrupted run.\n\n{table}\n\nCLI part: {figures['seconds'] / 60:.0f} min.")
+
+
 def render_generic(figures) -> str:
     return common.markdown_table(["figure", "value"], _flat_rows(figures))
 
 
-RENDERERS = {"training": render_training}
+RENDERERS = {"training": render_training, "server": render_server, "cli": render_cli}
 
 
 def render(results) -> str:
