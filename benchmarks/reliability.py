@@ -191,6 +191,9 @@ def main(argv=None) -> int:
                         help=f"comma-separated parts to run (default: {','.join(PARTS)})")
     parser.add_argument("--rounds", type=int, default=20,
                         help="kill -9 rounds of the training part (default: 20)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="run nothing; rewrite the BENCHMARKS.md section from the results "
+                             "file")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave BENCHMARKS.md and the results file alone")
     args = parser.parse_args(argv)
@@ -203,6 +206,9 @@ def main(argv=None) -> int:
     if os.path.exists(RESULTS):
         with open(RESULTS, encoding="utf-8") as stream:
             results = json.load(stream)
+    if args.render_only:
+        common.update_section("reliability", render(results))
+        return 0
     for name in chosen:
         common.log(f"part {name}")
         results[name] = {"figures": _run_part(name, args), "measured": common.utc_now(),
