@@ -1,4 +1,5 @@
-"""The `imuge` command, run as a user runs it: `python -m imuge_tf.cli ...` in a subprocess.
+"""The `imuge` command, run as a user runs it: `python -m imuge_tf.cli ...` in a subprocess
+(those tests are marked slow), and in-process through `cli.main` where no new process is needed.
 
 The model is a real Imuge folder (encoder.keras, verifier.keras, decoder.keras, imuge.json)
 loaded by the real `Imuge.load`, but with hand-set 1x1-convolution networks instead of trained
@@ -6,12 +7,14 @@ ones, so that verdicts are known in advance: the encoder adds a constant residua
 +2.5 levels, the verifier flags saturated red pixels only, the decoder paints mid-grey. A
 trained smoke model would give arbitrary verdicts.
 
-Each subprocess that loads a model costs a TensorFlow import (~10 s here), so the exit codes
-that need no new subprocess are also checked in-process through `cli.main`.
+Each subprocess that loads a model costs a TensorFlow import, so the exit codes that need no
+new subprocess are checked in-process.
 """
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +25,9 @@ import pytest
 from PIL import Image
 
 from imuge_tf import cli
+from imuge_tf.cli import batch as cli_batch
+from imuge_tf.cli import parser as cli_parser
+from imuge_tf.cli import quiet
 from imuge_tf.pipeline import RECOVERY_MARGIN
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -98,6 +104,7 @@ def immunized(photos, tmp_path_factory, model_dir):
     return result, out
 
 
+@pytest.mark.slow
 def test_help_is_fast_and_documents_exit_codes():
     result = imuge("--help")
     assert result.returncode == 0
@@ -106,15 +113,92 @@ def test_help_is_fast_and_documents_exit_codes():
         assert line in result.stdout
     for command in ("immunize", "verify", "recover", "tamper", "evaluate", "demo", "train"):
         assert command in result.stdout
-    # Parsing imports neither TensorFlow nor Keras.
-    probe = subprocess.run(
-        [sys.executable, "-c", "import sys; from imuge_tf import cli; "
-         "cli.build_parser().parse_args(['verify', 'x']); "
-         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"],
-        capture_output=True, text=True, env=ENV, timeout=120)
-    assert probe.stdout.strip() == "[]", probe.stderr
+    # Neither parsing nor a command's --help imports TensorFlow or Keras.
+    for code in ("cli.build_parser().parse_args(['verify', 'x'])",
+                 "cli.main(['verify', '--help'])"):
+        probe = subprocess.run(
+            [sys.executable, "-c", "import contextlib, io, sys; from imuge_tf import cli\n"
+             "with contextlib.redirect_stdout(io.StringIO()), "
+             f"contextlib.suppress(SystemExit): {code}\n"
+             "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"],
+            capture_output=True, text=True, env=ENV, timeout=120)
+        assert probe.stdout.strip() == "[]", (code, probe.stderr)
 
 
+def _help(parser):
+    return parser.format_help()
+
+
+def test_every_command_has_a_short_complete_help():
+    parser = cli.build_parser()
+    top = _help(parser)
+    assert top.count("0    success") == 1 and "130  interrupted" in top
+    commands = cli_parser.subcommands(parser)
+    assert set(commands) == {"train", "immunize", "verify", "recover", "tamper", "evaluate",
+                             "demo", "export", "serve"}
+    listed = {action.dest: action.help for action in parser._subparsers._group_actions[0]
+              ._choices_actions}
+    for name, command in commands.items():
+        # A one-line description, in the command list and atop its own help.
+        assert listed[name] and "\n" not in listed[name], name
+        assert command.description == listed[name] and len(command.description) <= 76, name
+        text = _help(command)
+        # The exit codes are in `imuge --help` only; each command points there in one line.
+        assert "0    success" not in text and "130" not in text, name
+        assert text.rstrip().endswith("exit codes: see `imuge --help`"), name
+        for action in command._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    train = cli.build_train_parser()
+    assert {a.dest for a in train._actions} == {a.dest for a in commands["train"]._actions}
+    assert all(action.help for action in train._actions)
+
+
+def test_verbose_is_accepted_before_and_after_the_command():
+    parser = cli.build_parser()
+    assert parser.parse_args(["verify", "x"]).verbose is False
+    assert parser.parse_args(["--verbose", "verify", "x"]).verbose is True
+    assert parser.parse_args(["verify", "x", "--verbose"]).verbose is True
+    assert cli.build_train_parser().parse_args(["--verbose"]).verbose is True
+
+
+def test_held_back_stderr_is_dropped_on_success_and_replayed_on_failure(capfd):
+    with quiet.stderr_held_back():
+        os.write(2, b"I0000 cudart_stub.cc: start-up noise\n")
+    assert capfd.readouterr().err == ""
+    with pytest.raises(ImportError), quiet.stderr_held_back():
+        os.write(2, b"the reason the import failed\n")
+        raise ImportError("no tensorflow")
+    assert capfd.readouterr().err == "the reason the import failed\n"
+    os.write(2, b"after\n")  # file descriptor 2 is back where it was
+    assert capfd.readouterr().err == "after\n"
+
+
+TOOL_LINE = re.compile(r"^(warning|error): ")
+
+
+@pytest.mark.slow
+def test_commands_print_no_tensorflow_start_up_lines(photos, model_dir, tmp_path):
+    """As a user's shell runs it (no TF_CPP_MIN_LOG_LEVEL, GPUs looked for): only the tool's
+    own lines on stderr, unless --verbose."""
+    env = {k: v for k, v in ENV.items() if k not in ("TF_CPP_MIN_LOG_LEVEL",
+                                                   "CUDA_VISIBLE_DEVICES")}
+    command = [sys.executable, "-m", "imuge_tf.cli", "verify", str(photos / "calm.png"),
+               "--model", str(model_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == cli.EXIT_NOT_IMMUNIZED, result.stderr
+    assert result.stderr.splitlines(), "the demo-key warning is the tool's own: it stays"
+    assert all(TOOL_LINE.match(line) for line in result.stderr.splitlines()), result.stderr
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True,
+                             env=env, timeout=300)
+    assert verbose.returncode == cli.EXIT_NOT_IMMUNIZED
+    assert verbose.stdout == result.stdout
+    # TensorFlow writes its own lines there; which ones depends on the machine, but it
+    # says at least where it looked for a GPU or how its logging starts.
+    assert not all(TOOL_LINE.match(line) for line in verbose.stderr.splitlines()), (
+        verbose.stderr)
+
+
+@pytest.mark.slow
 def test_immunize_folder_skips_bad_files(immunized, photos, model_dir):
     result, out = immunized
     assert result.returncode == 2, result.stderr
@@ -144,6 +228,7 @@ def test_immunize_folder_skips_bad_files(immunized, photos, model_dir):
     assert 2.0 <= np.mean(protected.astype(np.int16) - original) <= 3.0
 
 
+@pytest.mark.slow
 def test_existing_outputs_and_lossy_formats_are_refused(immunized, photos, model_dir):
     _, out = immunized
     before = (out / "calm.png").read_bytes()
@@ -171,6 +256,7 @@ def test_existing_outputs_and_lossy_formats_are_refused(immunized, photos, model
     assert result.returncode == 2 and "would overwrite an input" in result.stderr
 
 
+@pytest.mark.slow
 def test_missing_model_and_inputs_are_one_line_errors(photos, tmp_path):
     result = imuge("verify", photos / "calm.png", "--model", tmp_path / "nowhere", "--json")
     assert result.returncode == 2
@@ -183,6 +269,7 @@ def test_missing_model_and_inputs_are_one_line_errors(photos, tmp_path):
     assert imuge("verify").returncode == 2  # argparse: INPUT is required
 
 
+@pytest.mark.slow
 def test_verify_finds_tampered_and_not_immunized(immunized, model_dir, tmp_path):
     _, out = immunized
     received = tmp_path / "received"
@@ -231,9 +318,16 @@ def test_verify_exit_code_rules():
     assert cli.verify_exit_code([], 0) == 2
 
 
-def test_recover_restores_only_the_tampered_area(immunized, model_dir, tmp_path, capsys):
-    _, out = immunized
-    protected = np.asarray(Image.open(out / "calm.png"))
+@pytest.fixture(scope="session")
+def protected(photos, model_dir, tmp_path_factory):
+    """calm.png immunized in-process by `imuge immunize` (uint8 array)."""
+    out = tmp_path_factory.mktemp("protected")
+    assert cli.main(["immunize", str(photos / "calm.png"), "--out", str(out),
+                     "--model", str(model_dir)]) == 0
+    return np.asarray(Image.open(out / "calm.png"))
+
+
+def test_recover_restores_only_the_tampered_area(protected, model_dir, tmp_path, capsys):
     tampered = with_red_square(protected)
     Image.fromarray(tampered).save(tmp_path / "tampered.png")
     Image.fromarray(protected).save(tmp_path / "intact.png")
@@ -263,29 +357,62 @@ def test_lossy_output_when_allowed(photos, model_dir, tmp_path):
     assert Image.open(tmp_path / "calm.jpg").format == "JPEG"
 
 
-def test_tamper_writes_every_kind(tmp_path):
+def test_tamper_writes_every_kind(tmp_path, capsys):
     # A textured photo: on a smooth one, the removal tamper's inpainting is nearly exact.
     original = np.random.default_rng(4).integers(0, 256, (SIZE, 80, 3), dtype=np.uint8)
     Image.fromarray(original).save(tmp_path / "calm.png")
     out = tmp_path / "tampers"
-    result = imuge("tamper", tmp_path / "calm.png", "--out", out, "--kind", "all",
-                   "--seed", "5", "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    code = cli.main(["tamper", str(tmp_path / "calm.png"), "--out", str(out), "--kind", "all",
+                     "--seed", "5", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
     kinds = [entry["kind"] for entry in report["files"][0]["outputs"]]
     assert kinds == list(cli.TAMPER_KINDS)
-    mask = np.asarray(Image.open(out / "calm.donor.true-mask.png")) > 127
+    # The tampered photos alone in --out; the true masks next to it, in tampers-masks.
+    masks = tmp_path / "tampers-masks"
+    assert report["summary"]["masks"] == str(masks)
+    assert sorted(os.listdir(out)) == sorted(f"calm.{kind}.png" for kind in kinds)
+    assert sorted(os.listdir(masks)) == sorted(f"calm.{kind}.true-mask.png" for kind in kinds)
+    mask = np.asarray(Image.open(masks / "calm.donor.true-mask.png")) > 127
     assert 0.03 < mask.mean() < 0.5
     assert report["files"][0]["tampered_fraction"] == pytest.approx(mask.mean())
     for kind in kinds:
         tampered = np.asarray(Image.open(out / f"calm.{kind}.png"))
-        same_mask = np.asarray(Image.open(out / f"calm.{kind}.true-mask.png")) > 127
+        same_mask = np.asarray(Image.open(masks / f"calm.{kind}.true-mask.png")) > 127
         np.testing.assert_array_equal(same_mask, mask)
         np.testing.assert_array_equal(tampered[~mask], original[~mask])
         assert np.abs(tampered[mask].astype(int) - original[mask]).mean() > 10, kind
 
-    again = imuge("tamper", tmp_path / "calm.png", "--out", out, "--kind", "donor")
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert cli.main(["tamper", str(tmp_path / "calm.png"), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_tamper_takes_folders_and_keeps_masks_out_of_them(tmp_path, capsys):
+    photos = tmp_path / "protected"
+    (photos / "sub").mkdir(parents=True)
+    for index, name in enumerate(("a.png", "b.png", "sub/c.png")):
+        Image.fromarray(calm_photo(index)).save(photos / name)
+    out, masks = tmp_path / "tampered", tmp_path / "truth"
+    code = cli.main(["tamper", str(photos), "--out", str(out), "--masks", str(masks),
+                     "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["summary"]["files"] == 3
+    assert sorted(os.path.relpath(os.path.join(d, f), out) for d, _, files in os.walk(out)
+                  for f in files) == ["a.donor.png", "b.donor.png",
+                                      os.path.join("sub", "c.donor.png")]
+    assert (masks / "sub" / "c.donor.true-mask.png").is_file()
+    # Each photo its own tamper (the case depends on the photo's name), the same on a rerun.
+    first = [np.asarray(Image.open(masks / f"{n}.donor.true-mask.png")) for n in ("a", "b")]
+    assert not np.array_equal(*first)
+    again = tmp_path / "again"
+    assert cli.main(["tamper", str(photos / "a.png"), "--out", str(again)]) == 0
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "again-masks" / "a.donor.true-mask.png")), first[0])
+    capsys.readouterr()
+    # Masks inside the tampered-photo folder would be read by `imuge verify OUT`: refused.
+    assert cli.main(["tamper", str(photos), "--out", str(out), "--masks",
+                     str(out / "masks"), "--force"]) == 2
+    assert "inside --out" in capsys.readouterr().err
 
 
 def test_tamper_kinds_match_the_attack_layer():
@@ -317,15 +444,22 @@ def test_evaluate_and_demo_are_wired(photos, model_dir, tmp_path, monkeypatch, c
     assert json.loads(capsys.readouterr().out)["summary"] == {"photos": 5, "f1": None}
     assert cli.main(["evaluate", "--data", str(tmp_path / "none"), "--out", "x"]) == 2
 
-    demo = pytest.importorskip("imuge_tf.demo")
+    from imuge_tf import demo
+
     monkeypatch.setattr(demo, "run_demo",
                         lambda imuge, out_dir, *, progress=True: {"psnr": 40.0})
-    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--model", str(model_dir)]) == 0
+    folder = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(folder), "--model", str(model_dir)]) == 0
     assert "psnr: 40" in capsys.readouterr().out
-    (tmp_path / "demo").mkdir(exist_ok=True)
-    (tmp_path / "demo" / "demo.png").write_bytes(b"earlier result")
-    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--model", str(model_dir)]) == 2
+    # Its own earlier output is overwritten; a folder holding anything else needs --force.
+    assert cli.main(["demo", "--out", str(folder), "--model", str(model_dir)]) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "demo.png").write_bytes(b"someone's file")
+    capsys.readouterr()
+    assert cli.main(["demo", "--out", str(other), "--model", str(model_dir)]) == 2
     assert "--force" in capsys.readouterr().err
+    assert cli.main(["demo", "--out", str(other), "--model", str(model_dir), "--force"]) == 0
 
 
 def test_failures_inside_a_file_and_bugs(photos, tmp_path, monkeypatch, capsys):
@@ -335,7 +469,7 @@ def test_failures_inside_a_file_and_bugs(photos, tmp_path, monkeypatch, capsys):
         def verify(self, image):
             raise RuntimeError("boom\nsecond line")
 
-    monkeypatch.setattr(cli, "load_model", lambda path: Broken())
+    monkeypatch.setattr(cli_batch, "load_model", lambda path: Broken())
     code = cli.main(["verify", str(photos / "calm.png"), str(photos / "second.bmp")])
     assert code == 2
     errors = error_lines(capsys.readouterr().err)
@@ -345,7 +479,7 @@ def test_failures_inside_a_file_and_bugs(photos, tmp_path, monkeypatch, capsys):
     def crash(path):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "load_model", crash)
+    monkeypatch.setattr(cli_batch, "load_model", crash)
     assert cli.main(["verify", str(photos / "calm.png")]) == cli.EXIT_BUG
     stderr = capsys.readouterr().err
     assert "Traceback" in stderr and "error: internal error (RuntimeError: a bug)" in stderr

@@ -1,7 +1,8 @@
 """Interrupted and failed batches: outputs written as a unit, leftovers removed, --skip-existing.
 
 The model is test_cli's hand-set one (verdicts known in advance: saturated red is tampered).
-Most runs are in-process through `cli.main`; one batch is a real subprocess killed with SIGKILL.
+Most runs are in-process through `cli.main`; one batch is a real subprocess killed with SIGKILL
+(marked slow).
 """
 
 import errno
@@ -20,6 +21,7 @@ from PIL import Image
 
 from imuge_tf import cli
 from imuge_tf import io as imuge_io
+from imuge_tf.cli import batch as cli_batch
 
 model_dir = test_cli.model_dir  # the same fixture
 BATCH = 8
@@ -93,7 +95,7 @@ def shared_imuge(model_dir):
 def one_model(shared_imuge, monkeypatch):
     """Every command of a test gets the same loaded model: tracing verify's graphs costs far
     more than these tiny photos, once per Imuge (the loading itself is test_cli's subject)."""
-    monkeypatch.setattr(cli, "load_model", lambda args: shared_imuge)
+    monkeypatch.setattr(cli_batch, "load_model", lambda args: shared_imuge)
 
 
 @pytest.fixture
@@ -138,7 +140,7 @@ def test_skip_existing_skips_complete_photos_and_redoes_missing_ones(
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
     # Nothing left to do: no model is loaded, and the summary says why nothing was written.
-    monkeypatch.setattr(cli, "load_model", no_model)
+    monkeypatch.setattr(cli_batch, "load_model", no_model)
     assert main("immunize", batch, "--out", out, "--skip-existing") == 0
     assert (f"immunized 0 of {BATCH} file(s) into {out} ({BATCH} skipped: their outputs "
             "exist)") in capsys.readouterr().out
@@ -177,7 +179,7 @@ def test_resumed_verify_keeps_the_exit_code(received, model_dir, one_model, tmp_
 
     # Everything there already: the verdicts all come from the reports, without a model.
     with monkeypatch.context() as patch:
-        patch.setattr(cli, "load_model", no_model)
+        patch.setattr(cli_batch, "load_model", no_model)
         code = main("verify", received, "--out", results, "--skip-existing")
     assert code == cli.EXIT_TAMPERED
     out = capsys.readouterr().out
@@ -222,13 +224,13 @@ def test_full_disk_during_verify_leaves_none_of_that_photos_outputs(
 
 def test_tamper_and_recover_skip_existing(received, model_dir, one_model, tmp_path, capsys):
     photo = received / "intact.png"
-    out = tmp_path / "tampers"
+    out, masks = tmp_path / "tampers", tmp_path / "tampers-masks"
     assert main("tamper", photo, "--out", out, "--kind", "donor", "--seed", "3") == 0
     donor = os.stat(out / "intact.donor.png")
     # Only one kind of the six is there: the photo is redone as a whole, that one replaced.
     assert main("tamper", photo, "--out", out, "--kind", "all", "--seed", "3",
                 "--skip-existing") == 0
-    assert len(os.listdir(out)) == 2 * len(cli.TAMPER_KINDS)
+    assert len(os.listdir(out)) == len(os.listdir(masks)) == len(cli.TAMPER_KINDS)
     again = os.stat(out / "intact.donor.png")
     assert again.st_ino != donor.st_ino
     capsys.readouterr()
@@ -238,6 +240,12 @@ def test_tamper_and_recover_skip_existing(received, model_dir, one_model, tmp_pa
     assert report["files"][0]["status"] == "skipped"
     assert [entry["kind"] for entry in report["files"][0]["outputs"]] == list(cli.TAMPER_KINDS)
     assert os.stat(out / "intact.donor.png").st_ino == again.st_ino
+    # A missing true mask is an incomplete photo too: redone.
+    os.remove(masks / "intact.clone.true-mask.png")
+    assert main("tamper", photo, "--out", out, "--kind", "all", "--seed", "3",
+                "--skip-existing") == 0
+    assert (masks / "intact.clone.true-mask.png").is_file()
+    assert os.stat(out / "intact.donor.png").st_ino != again.st_ino
 
     restored = tmp_path / "restored"
     assert main("recover", received, "--out", restored, "--model", model_dir) == 0
@@ -266,6 +274,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_batch_killed_with_sigkill_resumes_to_the_uninterrupted_outputs(
         batch, reference, model_dir, tmp_path):
     out = tmp_path / "out"
