@@ -16,6 +16,9 @@ from imuge_tf.config import load_config
 from imuge_tf.samples import sample_photos
 from imuge_tf.training import DivergedError, train
 
+# Real trainings, some of them in subprocesses: minutes.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train.py")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
