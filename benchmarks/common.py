@@ -171,10 +171,11 @@ def update_section(name: str, body: str, path: str = BENCHMARKS_FILE) -> str:
 
     The file is created with a '# Benchmarks' title if missing. Other sections and any text
     around them are kept byte for byte. The new file is written next to the old one and moved
-    over it with os.replace, so a reader never sees a half-written file.
+    over it (imuge_tf.io.write_text_atomic), so a reader never sees a half-written file.
     """
+    from imuge_tf.io import write_text_atomic
+
     path = os.path.abspath(path)
-    folder = os.path.dirname(path)
     with _file_lock(path):
         try:
             with open(path, encoding="utf-8") as handle:
@@ -182,20 +183,8 @@ def update_section(name: str, body: str, path: str = BENCHMARKS_FILE) -> str:
             mode = os.stat(path).st_mode & 0o777
         except FileNotFoundError:
             text, mode = "", 0o644
-        updated = replace_section(text, name, body)
-        descriptor, temporary = tempfile.mkstemp(prefix=".BENCHMARKS.", suffix=".tmp",
-                                                 dir=folder)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                handle.write(updated)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temporary, mode)
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_text_atomic(path, replace_section(text, name, body), force=True)
+        os.chmod(path, mode)
     return path
 
 

@@ -74,13 +74,11 @@ Files written under `out_dir`, each atomically (a temporary file moved over the 
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import os
-import tempfile
 from collections import Counter
 
 import numpy as np
@@ -473,21 +471,12 @@ def _jpeg_plot(summary, path) -> str | None:
 
 
 def _write_atomic(path, data) -> None:
-    """Writes bytes or text next to `path` and moves it into place: readers never see half."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
-    descriptor, temporary = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    """Bytes or text, replacing an earlier result (io.write_bytes_atomic: readers never see
+    half a file)."""
+    from imuge_tf.io import write_bytes_atomic
+
+    write_bytes_atomic(path, data.encode("utf-8") if isinstance(data, str) else data,
+                       force=True)
 
 
 def _nan(value) -> float:

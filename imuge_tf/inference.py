@@ -270,7 +270,7 @@ class Imuge:
 
     def save_thresholds(self, thresholds: dict, calibration: dict | None = None) -> None:
         """Stores verdict thresholds (and how they were measured) in the model's imuge.json."""
-        from imuge_tf.training import atomic_write_text
+        from imuge_tf.io import write_text_atomic
 
         if self.source is None:
             raise ValueError("this Imuge was not loaded from a folder; nowhere to save")
@@ -279,8 +279,8 @@ class Imuge:
         if calibration is not None:
             self.metadata["calibration"] = calibration
         self._graphs = None
-        atomic_write_text(os.path.join(self.source, "imuge.json"),
-                          json.dumps(self.metadata, indent=2))
+        write_text_atomic(os.path.join(self.source, "imuge.json"),
+                          json.dumps(self.metadata, indent=2), force=True)
 
     # ------------------------------------------------------------------------ the pipeline
     @property

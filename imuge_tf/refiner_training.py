@@ -111,7 +111,7 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
     save_half(model.refiner, os.path.join(out_dir, "refiner.f16.npz"))
     metadata_path = os.path.join(out_dir, "imuge.json")
     if os.path.isfile(metadata_path):
-        from imuge_tf.training import atomic_write_text
+        from imuge_tf.io import write_text_atomic
 
         with open(metadata_path) as handle:
             metadata = json.load(handle)
@@ -119,7 +119,7 @@ def train_refiner(photos, out_dir, *, minutes=20.0, examples=3000, batch_size=16
         metadata["refiner"] = {"config": model.refiner.get_config(),
                                "steps": done + epoch * steps_per_round,
                                "held_out_l1_gain": float(scores["l1_gain"])}
-        atomic_write_text(metadata_path, json.dumps(metadata, indent=2))
+        write_text_atomic(metadata_path, json.dumps(metadata, indent=2), force=True)
     return model
 
 

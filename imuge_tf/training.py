@@ -17,7 +17,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 
 import keras
 import numpy as np
@@ -25,6 +24,7 @@ import tensorflow as tf
 
 from imuge_tf.config import Config, ConfigError, config_from_dict, differing_keys
 from imuge_tf.data import find_images, load_images, make_dataset
+from imuge_tf.io import remove_stale_partials, write_text_atomic
 from imuge_tf.models.factory import build_imuge, compile_imuge
 
 STRATEGIES = ("default", "mirrored", "multiworker")
@@ -72,22 +72,6 @@ def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
     return is_chief, task_id
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Writes a file so that readers see the old or the new content, never half of it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".partial-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the result is a normal file
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def prepare_workdir(workdir: str, config: Config, write: bool = True) -> None:
     """Creates the work directory, or checks that it belongs to this config."""
     config_path = os.path.join(workdir, "config.yaml")
@@ -110,7 +94,7 @@ def prepare_workdir(workdir: str, config: Config, write: bool = True) -> None:
         raise TrainingError(f"--workdir {workdir} exists and is not a folder")
     if write:
         os.makedirs(workdir, exist_ok=True)
-        atomic_write_text(config_path, config.to_yaml())
+        write_text_atomic(config_path, config.to_yaml(), force=True)
 
 
 def save_inference_networks(model, config: Config, folder: str, step: int) -> None:
@@ -130,7 +114,8 @@ def save_inference_networks(model, config: Config, folder: str, step: int) -> No
                      "decoder": "decoder.keras"},
         "config": config.to_dict(),
     }
-    atomic_write_text(os.path.join(folder, "imuge.json"), json.dumps(metadata, indent=2))
+    write_text_atomic(os.path.join(folder, "imuge.json"), json.dumps(metadata, indent=2),
+                      force=True)
 
 
 def image_grid(outputs: dict, samples: int = PREVIEW_SAMPLES) -> np.ndarray:
@@ -267,13 +252,15 @@ def remove_stale_temporaries(workdir: str) -> list[str]:
     TensorFlow's checkpoint writer and `.partial-*` files of this module's atomic writes.
     Only one process trains in a work directory, so none of them can still be in use."""
     leftovers = glob.glob(os.path.join(workdir, "checkpoints", "*_temp"))
-    leftovers += glob.glob(os.path.join(workdir, ".partial-*"))
-    leftovers += glob.glob(os.path.join(workdir, "inference", ".partial-*"))
+    leftovers += glob.glob(os.path.join(workdir, "inference", ".partial-*.keras"))
     for path in leftovers:
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.exists(path):
             os.remove(path)
+    for folder in (workdir, os.path.join(workdir, "checkpoints"),
+                   os.path.join(workdir, "inference")):
+        leftovers += remove_stale_partials(folder)
     return leftovers
 
 
@@ -359,7 +346,7 @@ def _write_checkpoint_state(directory: str, prefixes: list[str]) -> None:
     lines += [f'all_model_checkpoint_paths: "{name}"' for name in names]
     lines += [f"all_model_checkpoint_timestamps: {time!r}" for time in times]
     lines.append(f"last_preserved_timestamp: {min(times) - 1.0!r}")
-    atomic_write_text(state, "\n".join(lines) + "\n")
+    write_text_atomic(state, "\n".join(lines) + "\n", force=True)
 
 
 def _warm_start(model, source_workdir: str) -> str:
