@@ -32,8 +32,9 @@ Its limits, so that no client can knock it over (each is a `Server` argument):
   (the `imuge_tf.serve` logger); a client that goes away costs one log line, no traceback.
 
 Each image's decoded size is capped by the exported graph itself (its header is read before
-decoding; see `_ServingGraph._declared_pixels` in export.py), so TF Serving has the same cap;
-the caps on instances and on a request's pixels in all are this server's own.
+decoding; see `_ServingGraph._declared_pixels` in imuge_tf/export/serving_graph.py), so TF
+Serving has the same cap; the caps on instances and on a request's pixels in all are this
+server's own.
 """
 
 from __future__ import annotations

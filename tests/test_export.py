@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -62,6 +63,7 @@ def working_images(imuge, count=4):
     return ex.representative_images(imuge.image_size, count=count)
 
 
+@pytest.mark.slow
 def test_layout_manifest_and_report(exported):
     code, report, out = exported
     assert code == 0 and report["exit_code"] == 0
@@ -106,6 +108,7 @@ def test_layout_manifest_and_report(exported):
     assert os.listdir(os.path.dirname(out)) == ["deploy"]
 
 
+@pytest.mark.slow
 def test_existing_export_needs_force_and_foreign_folders_are_kept(exported, small_model,
                                                                   tmp_path, capsys):
     _, _, out = exported
@@ -119,6 +122,7 @@ def test_existing_export_needs_force_and_foreign_folders_are_kept(exported, smal
     assert (foreign / "holiday.png").read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 def test_tflite_contract_and_builtin_ops(exported, imuge):
     _, report, out = exported
     size = imuge.image_size
@@ -136,6 +140,7 @@ def test_tflite_contract_and_builtin_ops(exported, imuge):
         assert not [op for op in ops if op.startswith("Flex") or op == "CUSTOM"], variant
 
 
+@pytest.mark.slow
 def test_tflite_residuals_match_keras(exported, imuge):
     _, report, out = exported
     tflite = report["manifest"]["encoder"]["tflite"]
@@ -152,7 +157,7 @@ def test_tflite_residuals_match_keras(exported, imuge):
         assert tflite[variant]["residual_error"]["max_levels"] <= tolerance * 255
 
 
-
+@pytest.mark.slow
 def test_camera_model_immunizes_like_the_facade(exported, imuge, photos):
     from imuge_tf.io import cover
 
@@ -176,6 +181,7 @@ def test_camera_model_immunizes_like_the_facade(exported, imuge, photos):
         camera(photos["coffee"])
 
 
+@pytest.mark.slow
 def test_encoder_saved_model_matches_keras(exported, imuge):
     import tensorflow as tf
 
@@ -187,6 +193,7 @@ def test_encoder_saved_model_matches_keras(exported, imuge):
     np.testing.assert_allclose(got, imuge.encoder(image, training=False), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_non_builtin_op_fails_loudly(tmp_path):
     import tensorflow as tf
 
@@ -211,6 +218,33 @@ def test_parity_gate_rejects_a_residual_eraser():
     assert not ok and "broken conversion" in reason
 
 
+def test_export_readme_names_only_commands_and_flags_that_exist():
+    """export/README.md's `imuge` commands parse, and every flag it names in code is one."""
+    from test_docs import named_commands, problems_with
+
+    from imuge_tf.cli import parser as cli_parser
+
+    with open(os.path.join(REPO, "export", "README.md")) as handle:
+        text = handle.read()
+    commands = named_commands(text)
+    assert {tokens[1] for tokens in commands if len(tokens) > 1} >= {"export", "serve", "verify"}
+    assert problems_with(commands) == []
+    parser = cli.build_parser()
+    known = set(parser._option_string_actions)
+    for command in cli_parser.subcommands(parser).values():
+        known |= set(command._option_string_actions)
+    named = set(re.findall(r"`(--[a-z][a-z0-9-]*)", text))
+    assert {"--no-int8", "--camera-size", "--max-body-mb"} <= named
+    assert named <= known, sorted(named - known)
+
+
+def test_no_int8_skips_only_full_int8():
+    # `imuge export --no-int8` is about full int8's slow calibration; dynamic range needs none.
+    assert ex.encoder_variants() == ("fp32", "fp16", "dynamic", "int8")
+    assert ex.encoder_variants(int8=False) == ("fp32", "fp16", "dynamic")
+    assert set(ex.REQUIRED_VARIANTS) <= set(ex.encoder_variants(int8=False))
+
+
 def test_camera_parity_gate_counts_pixels_beyond_one_level(imuge, photos):
     class Shifted:
         """A camera that is `offset` levels off the facade on the first `rows` rows."""
@@ -230,6 +264,7 @@ def test_camera_parity_gate_counts_pixels_beyond_one_level(imuge, photos):
     assert not drifted["holds"] and drifted["max_levels"] == 2
 
 
+@pytest.mark.slow
 def test_repository_copies_of_the_serving_configs(exported):
     _, _, out = exported
     for name in ("models.config", "batching_parameters.txt"):

@@ -277,6 +277,7 @@ def vmhwm_mb():
     raise AssertionError("no VmHWM in /proc/self/status")
 
 
+@pytest.mark.slow
 def test_small_files_of_every_format_are_served_as_pillow_decodes_them(model):
     names = sorted(REAL_FILES)
     blobs = [REAL_FILES[name](small_image(1)) for name in names]
@@ -290,6 +291,7 @@ def test_small_files_of_every_format_are_served_as_pillow_decodes_them(model):
         np.testing.assert_array_equal(decoded(result), expected, err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(HUGE_FILES))
 def test_files_declaring_9000_by_9000_are_refused_before_decoding(model, photo, name):
     data = HUGE_FILES[name]()
@@ -310,6 +312,7 @@ def gif_bomb():
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_real_gif_bomb_is_refused_without_the_memory_to_decode_it(model, photo, gif_bomb):
     with running(model, max_request_pixels=10 ** 12) as server:
         assert_serving(server, photo)
@@ -336,6 +339,7 @@ def animated_webp():
     return bytes(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", [
     b"this is not an image at all",
     encode(small_image(), "TIFF"),
@@ -354,6 +358,7 @@ def test_unknown_or_unreadable_formats_get_400(model, photo, data):
         assert_serving(server, photo)
 
 
+@pytest.mark.slow
 def test_a_gif_walk_is_bounded(graph):
     import tensorflow as tf
 
@@ -375,6 +380,7 @@ def test_a_gif_walk_is_bounded(graph):
 # Instances per request
 
 
+@pytest.mark.slow
 def test_instances_over_the_cap_get_400_and_the_server_keeps_serving(model, photo):
     with running(model, max_instances=3) as server:
         blob = b64(encode(photo))
@@ -391,6 +397,7 @@ def test_instances_over_the_cap_get_400_and_the_server_keeps_serving(model, phot
         assert status == 200 and len(body["predictions"]) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["jpeg", "gif_screen", "webp_lossless", "bmp"])
 def test_a_request_over_the_pixel_budget_gets_400_before_the_graph_runs(model, photo, name):
     calls = []
@@ -412,6 +419,7 @@ def test_a_request_over_the_pixel_budget_gets_400_before_the_graph_runs(model, p
             assert predict(server, [blob] * 3)[0] == 200
 
 
+@pytest.mark.slow
 def test_grpc_has_the_instances_cap_and_a_generic_internal_error(model, photo, monkeypatch,
                                                                  caplog):
     import grpc
@@ -455,6 +463,7 @@ def test_grpc_has_the_instances_cap_and_a_generic_internal_error(model, photo, m
 # Time, connections and predicts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sent", [b"", b"GET /v1/models/imuge HTT",
                                   b"POST " + PREDICT.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                                   b"Content-Length: 1000\r\n\r\n{\"instances\": ["])
@@ -474,6 +483,7 @@ def test_a_request_that_does_not_arrive_in_time_is_closed(model, sent):
         wait_for(lambda: server.connections == 0)
 
 
+@pytest.mark.slow
 def test_a_trickling_client_gets_no_more_time(model):
     with running(model, timeout=0.6) as server:
         sock = connect(server)
@@ -487,6 +497,7 @@ def test_a_trickling_client_gets_no_more_time(model):
         assert time.monotonic() - started < 5
 
 
+@pytest.mark.slow
 def test_connections_over_the_cap_get_503_with_retry_after(model, photo):
     with running(model, max_connections=2, timeout=30) as server:
         idle = [connect(server) for _ in range(2)]
@@ -502,6 +513,7 @@ def test_connections_over_the_cap_get_503_with_retry_after(model, photo):
         assert_serving(server, photo)
 
 
+@pytest.mark.slow
 def test_predicts_over_the_cap_get_503_with_retry_after(model, photo, monkeypatch):
     # The model is made slow by wrapping its predict: the first request holds the only
     # running place until released, the second waits in the queue's one place.
@@ -534,6 +546,7 @@ def test_predicts_over_the_cap_get_503_with_retry_after(model, photo, monkeypatc
         assert_serving(server, photo)
 
 
+@pytest.mark.slow
 def test_slow_bodies_hold_no_predict_place_and_bodies_being_read_have_a_budget(model, photo):
     blob = encode(photo)
     with running(model, max_predicts=1, max_queued=0, max_body_bytes=50_000,
@@ -552,6 +565,7 @@ def test_slow_bodies_hold_no_predict_place_and_bodies_being_read_have_a_budget(m
         assert predict(server, [blob] * 2)[0] == 200
 
 
+@pytest.mark.slow
 def test_a_waiting_predict_gives_up_after_the_timeout(model, photo, monkeypatch):
     release = threading.Event()
     original = model.predict
@@ -601,6 +615,7 @@ def post(path, body, *headers):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data, status", [
     # chunked, but the body is a request rather than chunks
     (post(PREDICT, SMUGGLED, "Transfer-Encoding: chunked"), 400),
@@ -634,6 +649,7 @@ def test_a_smuggled_request_never_runs(model, data, status):
     assert b"signature_def" not in stream
 
 
+@pytest.mark.slow
 def test_chunked_bodies_and_pipelined_requests_are_read_as_such(model, photo):
     body = json.dumps({"instances": [b64(encode(photo))]}).encode("ascii")
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 1000]), body[i:i + 1000])
@@ -652,6 +668,7 @@ def test_chunked_bodies_and_pipelined_requests_are_read_as_such(model, photo):
 # JSON, 500s, and clients that go away
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("raw", [
     b"[" * 5000 + b"]" * 5000,
     b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}",
@@ -668,6 +685,7 @@ def test_deeply_nested_json_gets_400(model, photo, raw):
         assert_serving(server, photo)
 
 
+@pytest.mark.slow
 def test_a_500_says_nothing_of_the_error_and_the_log_has_it(model, photo, monkeypatch,
                                                             caplog):
     from imuge_tf.serve import INTERNAL_ERROR
@@ -691,6 +709,7 @@ def test_a_500_says_nothing_of_the_error_and_the_log_has_it(model, photo, monkey
         assert_serving(server, photo)
 
 
+@pytest.mark.slow
 def test_clients_that_go_away_cost_one_line_and_no_traceback(model, photo, capfd):
     head = post(PREDICT, b'{"instances": [', "Content-Length: 100000")
     with running(model, quiet=False, timeout=1.0) as server:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from PIL import Image
 
 from imuge_tf import cli
 from imuge_tf import export as ex
+from imuge_tf.attacks.cases import paste
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
@@ -208,6 +210,7 @@ def parse_saved_model_cli(text):
     return signatures
 
 
+@pytest.mark.slow
 def test_signatures_as_saved_model_cli_shows_them(smoke):
     _, base = smoke
     result = subprocess.run(["saved_model_cli", "show", "--dir", os.path.join(base, "1"),
@@ -233,6 +236,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_serving_default_on_raw_file_bytes_in_a_fresh_process(smoke, photos, tmp_path):
     _, base = smoke
     files = []
@@ -253,6 +257,7 @@ def test_serving_default_on_raw_file_bytes_in_a_fresh_process(smoke, photos, tmp
     assert report["dtypes"]["mask_png_bytes"] == "string"
 
 
+@pytest.mark.slow
 def test_only_stock_ops_in_the_graph(smoke, tmp_path):
     import tensorflow as tf
     from tensorflow.python.framework import op_def_registry
@@ -286,10 +291,11 @@ def tampered_photos(photos):
         height, width = photo.shape[:2]
         mask = np.zeros((height, width), bool)
         mask[height // 4: height // 4 + height // (3 + index), width // 3: 2 * width // 3] = True
-        cases.append(np.where(mask[:, :, None], donor, photo))
+        cases.append(paste(photo, donor, mask))
     return cases
 
 
+@pytest.mark.slow
 def test_serving_matches_local_verify_and_recover(smoke, photos):
     import tensorflow as tf
 
@@ -322,6 +328,7 @@ def test_serving_matches_local_verify_and_recover(smoke, photos):
     assert result["verdict"][0].numpy().decode() == local.verdict
 
 
+@pytest.mark.slow
 def test_jpeg_is_decoded_as_pillow_decodes_it(hand_set, photos):
     import tensorflow as tf
 
@@ -332,6 +339,7 @@ def test_jpeg_is_decoded_as_pillow_decodes_it(hand_set, photos):
     np.testing.assert_array_equal(decoded, decode(data))
 
 
+@pytest.mark.slow
 def test_models_config_and_batching_parameters_parse(hand_set):
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -363,6 +371,7 @@ def test_models_config_and_batching_parameters_parse(hand_set):
     assert int(values["max_batch_size"]) >= 2
 
 
+@pytest.mark.slow
 def test_warmup_requests_are_prediction_logs_that_run(hand_set, model):
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
@@ -430,6 +439,7 @@ def assert_matches_golden(got, want, path="response"):
         assert got == want, path
 
 
+@pytest.mark.slow
 def test_rest_api_matches_golden_files(server):
     if os.environ.get("IMUGE_WRITE_GOLDEN"):
         write_golden(server)
@@ -453,6 +463,7 @@ def test_rest_api_matches_golden_files(server):
     assert_matches_golden(metadata, load_golden("model_metadata.json"))
 
 
+@pytest.mark.slow
 def test_rest_formats_versions_and_not_found(server):
     blob = b64(encode(with_red_square(calm_photo(2))))
     row = http(server + "/v1/models/imuge/versions/1:predict", {"instances": [blob]})[1]
@@ -487,6 +498,7 @@ def huge_png_header():
     return bytes(data)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("payload, message", [
     ({"instances": [1.5]}, "takes strings"),
     ({"instances": [{"b64": ""}]}, "empty"),
@@ -511,6 +523,7 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server, payload, mess
     assert status == 200 and body["predictions"][0]["verdict"] == "intact"
 
 
+@pytest.mark.slow
 def test_malformed_json_and_oversized_bodies(model, server):
     from imuge_tf.serve import Server
 
@@ -532,6 +545,7 @@ def test_malformed_json_and_oversized_bodies(model, server):
         small.server_close()
 
 
+@pytest.mark.slow
 def test_rest_client_gives_the_local_results(server, hand_set):
     from imuge_tf.serving_client import RemoteImuge, ServerError, connect
 
@@ -557,6 +571,7 @@ def test_rest_client_gives_the_local_results(server, hand_set):
         connect("http://127.0.0.1:9", timeout=5).check()
 
 
+@pytest.mark.slow
 def test_grpc_client_against_a_grpc_predict_service(model, server, hand_set, tmp_path, capsys):
     from imuge_tf.serve import grpc_server
     from imuge_tf.serving_client import GrpcClient, RestClient, ServerError
@@ -617,6 +632,7 @@ def start_serve(model_dir):
     raise AssertionError(f"imuge serve did not start: {process.stderr.read()[-2000:]}")
 
 
+@pytest.mark.slow
 def test_imuge_verify_server_writes_what_local_verify_writes(hand_set, received, tmp_path,
                                                               capsys):
     model_dir, _, serving_dir = hand_set
@@ -662,3 +678,74 @@ def test_verify_server_errors_are_one_line(received, capsys):
     assert code == 2 and "grpc://" in capsys.readouterr().err
     code = cli.main(["serve", "--model-dir", str(received)])
     assert code == 2 and "numbered" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# export/README.md's REST example, as written there
+
+
+README = os.path.join(REPO, "export", "README.md")
+README_URL = "http://localhost:8501"  # the server's address in the README's commands
+# The photo the README's commands are run on (width, height): 12 MP, as cameras take them.
+# Its base64 text is far longer than one command-line argument may be (MAX_ARG_STRLEN, 128 KiB
+# on Linux), the limit that an example inlining the photo in curl's arguments runs into.
+EXAMPLE_SIZE = (4000, 3000)
+
+
+def readme_rest_blocks():
+    """The code blocks of export/README.md's REST section: {language: [code, ...]}."""
+    with open(README) as handle:
+        text = handle.read()
+    section = re.split(r"\n#{2,3} ", text.split("\n### REST\n", 1)[1], maxsplit=1)[0]
+    blocks = {}
+    for language, code in re.findall(r"```(\w+)\n(.*?)```", section, re.S):
+        blocks.setdefault(language, []).append(code)
+    return blocks
+
+
+def test_readme_rest_response_is_the_golden_one():
+    """The response the README shows is the golden response's first prediction, its PNGs cut
+    short: the same outputs with the same values."""
+    (shown,) = readme_rest_blocks()["json"]
+    (shown, *_) = json.loads(shown)["predictions"]
+    (golden, *_) = load_golden("predict_response.json")["predictions"]
+    assert set(shown) == set(golden)
+    for key, value in golden.items():
+        if isinstance(value, dict):
+            assert shown[key]["b64"].endswith("...")
+            assert value["b64"].startswith(shown[key]["b64"][:-3]), key
+        elif isinstance(value, float):
+            assert shown[key] == pytest.approx(value, abs=1e-6), key
+        else:
+            assert shown[key] == value, key
+
+
+@pytest.mark.slow
+def test_readme_rest_example_runs_as_written(hand_set, tmp_path):
+    """The README's REST commands, run by bash as they are written (the server's address
+    aside) against `imuge serve`, on a photo whose base64 text no command-line argument could
+    hold: the answer is the photo's, and intact."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed, and the README's REST example runs curl")
+    (commands,) = readme_rest_blocks()["bash"]
+    assert README_URL in commands
+    width, height = EXAMPLE_SIZE
+    photo = calm_photo(13, height, width)
+    Image.fromarray(photo).save(tmp_path / "received.png")
+    assert os.path.getsize(tmp_path / "received.png") * 4 / 3 > 128 * 1024
+    process, url = start_serve(hand_set[2])
+    try:
+        # `python3` is this interpreter where it has that name beside it.
+        path = os.pathsep.join([os.path.dirname(sys.executable), ENV.get("PATH", "")])
+        result = subprocess.run(["bash", "-e", "-c", commands.replace(README_URL, url)],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                                env={**ENV, "PATH": path})
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=180) == 0
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "intact"
+    (prediction,) = json.loads((tmp_path / "response.json").read_text())["predictions"]
+    assert [prediction["height"], prediction["width"]] == [height, width]
+    recovered = decode(base64.b64decode(prediction["recovered_png_bytes"]["b64"]))
+    np.testing.assert_array_equal(recovered, photo)  # an intact photo comes back unchanged

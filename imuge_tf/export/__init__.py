@@ -56,7 +56,7 @@ from imuge_tf.export.conversion import (
     save_encoder,
 )
 from imuge_tf.export.errors import ExportError
-from imuge_tf.export.exporter import MANIFEST, check_out_dir, export_model
+from imuge_tf.export.exporter import MANIFEST, check_out_dir, encoder_variants, export_model
 from imuge_tf.export.inspection import graph_ops, nonstock_ops, tflite_ops
 from imuge_tf.export.parity import (
     CAMERA_MAX_LEVELS,
@@ -88,8 +88,9 @@ __all__ = [
     "FP32_MAX_LEVELS", "GEOMETRY_OUTPUTS", "MANIFEST", "MODELS_CONFIG", "QUANTIZED_MAX_LEVELS",
     "QUANTIZED_RMS_SHARE", "REQUIRED_VARIANTS", "SERVING_BASE_PATH", "SERVING_NAME",
     "SERVING_VERSION", "WARMUP_FILE", "ExportError", "TFLiteCamera", "TFLiteEncoder",
-    "_ServingGraph", "camera_parity", "check_out_dir", "convert_saved_model", "export_model",
-    "graph_ops", "nonstock_ops", "parse_camera_size", "representative_images",
-    "residual_error", "residual_gate", "save_camera_model", "save_encoder",
-    "save_serving_model", "tflite_ops", "warmup_image", "write_warmup_requests",
+    "_ServingGraph", "camera_parity", "check_out_dir", "convert_saved_model",
+    "encoder_variants", "export_model", "graph_ops", "nonstock_ops", "parse_camera_size",
+    "representative_images", "residual_error", "residual_gate", "save_camera_model",
+    "save_encoder", "save_serving_model", "tflite_ops", "warmup_image",
+    "write_warmup_requests",
 ]

@@ -51,17 +51,25 @@ def check_out_dir(out_dir: str, force: bool) -> None:
         raise ExportError(f"{out_dir} already holds an export; use --force to replace it")
 
 
+def encoder_variants(int8: bool = True) -> tuple:
+    """The encoder's TFLite variants an export tries, in order: all of them, or without full
+    int8 (`int8=False`: its calibration is the slow part; the dynamic range variant needs
+    none)."""
+    return tuple(variant for variant in ENCODER_VARIANTS if int8 or variant != "int8")
+
+
 def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
                  camera_size=None, check_photos=None, progress=None) -> dict:
     """Writes every export of `imuge` under `out_dir` (the layout of the package docstring).
 
     The working-scale encoder's TFLite variants are checked against the Keras encoder on
     `check_photos` (default: the photos bundled with scikit-image); a variant whose residual
-    error fails its gate is not written (fp32 failing is an ExportError). With `camera_size`
-    (width, height) the camera model, the whole immunization in one graph, is written too and
-    its output checked against `Imuge.immunize` on the same photos (within CAMERA_MAX_LEVELS,
-    or an ExportError). The export is built in a temporary folder next to `out_dir` and moved
-    into place at the end, so `out_dir` never holds half an export.
+    error fails its gate is not written (fp32 failing is an ExportError); `int8=False` skips
+    full int8. With `camera_size` (width, height) the camera model, the whole immunization in
+    one graph, is written too and its output checked against `Imuge.immunize` on the same
+    photos (within CAMERA_MAX_LEVELS, or an ExportError). The export is built in a temporary
+    folder next to `out_dir` and moved into place at the end, so `out_dir` never holds half
+    an export.
     """
     from imuge_tf.samples import sample_photos
 
@@ -100,8 +108,7 @@ def export_model(imuge, out_dir: str, *, force: bool = False, int8: bool = True,
         saved = save_encoder(encoder, size, os.path.join(encoder_dir, "saved_model"))
         calibration = representative_images(size, photos=photos)
         checks = calibration[:len(photos)]
-        variants = ENCODER_VARIANTS if int8 else REQUIRED_VARIANTS
-        for variant in variants:
+        for variant in encoder_variants(int8):
             say(f"encoder: TFLite {variant}")
             try:
                 model = convert_saved_model(saved, variant,

@@ -36,9 +36,10 @@ model_config_list {{
 BATCHING_PARAMETERS = """\
 # TF Serving batching: tensorflow_model_server --enable_batching
 #   --batching_parameters_file=batching_parameters.txt
-# Requests are merged into batches of up to 8 photos (the graph resizes every photo to the
-# working size first, so photos of different sizes batch together). A request waits at most
-# 20 ms for others; 2 threads run batches (one per 1-2 CPU cores is a good start).
+# Requests are merged into batches of up to 8 photos (the graph analyses each photo at its
+# own size, one after the other, so photos of different sizes batch together). A request
+# waits at most 20 ms for others; 2 threads run batches (one per 1-2 CPU cores is a good
+# start).
 max_batch_size { value: 8 }
 batch_timeout_micros { value: 20000 }
 max_enqueued_batches { value: 64 }
