@@ -1,6 +1,6 @@
 """Train Imuge: `python train.py --config configs/paper.yaml --data DIR --strategy mirrored`.
 
-Thin on purpose: the flags are those of `imuge train` (imuge_tf/cli.py) and the loop is
+Thin on purpose: the flags are those of `imuge train` (imuge_tf/cli/) and the loop is
 imuge_tf/training.py.
 """
 
