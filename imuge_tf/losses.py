@@ -7,6 +7,8 @@ before taking gradients, since Keras sums gradients over replicas; logged values
 
 import tensorflow as tf
 
+from imuge_tf.metrics import psnr
+
 EPSILON = 1e-7
 
 
@@ -51,9 +53,7 @@ def immunization_loss(original, immunized):
 def immunization_hinge_loss(original, immunized, psnr_target):
     """L_C as a fidelity hinge: the mean shortfall, in dB, of each sample's PSNR(I, I_M)
     below `psnr_target`; zero (and no gradient) for samples at or above it."""
-    mse = tf.reduce_mean(tf.square(original - immunized), axis=[1, 2, 3])
-    sample_psnr = -10.0 * tf.math.log(tf.maximum(mse, 1e-10)) / tf.math.log(10.0)
-    return tf.reduce_mean(tf.nn.relu(psnr_target - sample_psnr))
+    return tf.reduce_mean(tf.nn.relu(psnr_target - psnr(original, immunized)))
 
 
 def generator_adversarial_loss(fake_scores):

@@ -1,14 +1,20 @@
-"""Image-quality measures used in training logs and evaluation, on float images in [0, 1]."""
+"""Image-quality measures used in training logs and evaluation, on float images in [0, 1].
+
+`mse_to_psnr` is the package's one PSNR formula: the batched measures here (training logs, the
+fidelity hinge of `losses`) and the per-photo scores of `imuge_tf.scoring` all call it.
+"""
 
 import tensorflow as tf
 
 MAX_PSNR = 100.0  # reported for identical images instead of infinity
+# Below this mean squared error PSNR is over MAX_PSNR anyway: the floor only keeps log finite.
+MIN_MSE = 1e-12
 
 
 def psnr(images, others):
     """PSNR in dB of each sample ([B] tensor), for images in [0, 1]."""
     mse = tf.reduce_mean(tf.square(images - others), axis=[1, 2, 3])
-    return _mse_to_psnr(mse)
+    return mse_to_psnr(mse)
 
 
 def masked_psnr(images, others, mask):
@@ -22,9 +28,13 @@ def masked_psnr(images, others, mask):
     squared = tf.reduce_sum(tf.square(images - others) * mask, axis=[1, 2, 3])
     mse = tf.math.divide_no_nan(squared, area * channels)
     has_area = tf.cast(area > 0, images.dtype)
-    return _mse_to_psnr(mse) * has_area, has_area
+    return mse_to_psnr(mse) * has_area, has_area
 
 
-def _mse_to_psnr(mse):
-    value = -10.0 * tf.math.log(tf.maximum(mse, 1e-12)) / tf.math.log(10.0)
+def mse_to_psnr(mse):
+    """PSNR in dB, peak 1.0, of mean squared errors: a tensor, array or number, kept in its
+    float dtype (float64 for the per-photo scores); at most MAX_PSNR, also for mse 0."""
+    mse = tf.convert_to_tensor(mse)
+    value = -10.0 * tf.math.log(tf.maximum(mse, MIN_MSE)) / tf.math.log(
+        tf.constant(10.0, mse.dtype))
     return tf.minimum(value, MAX_PSNR)

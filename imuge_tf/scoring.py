@@ -1,7 +1,9 @@
 """Per-image evaluation scores in numpy: image quality, tamper localization, ranking.
 
 These score one received image at a time on the host (the `imuge evaluate` protocol and the
-demo), as opposed to `imuge_tf.metrics`, which works on TF batches inside training.
+demo), as opposed to `imuge_tf.metrics`, which works on TF batches inside training; both turn a
+mean squared error into PSNR with the one formula, `imuge_tf.metrics.mse_to_psnr`. This module
+owns the pixel F1 (`f1`).
 
 Images are uint8 (0..255) or floats on the [0, 1] scale; both arguments of a comparison are
 converted to float64 in [0, 1] first, so a uint8 image can be compared with a float one. Masks
@@ -17,11 +19,9 @@ Conventions for degenerate inputs, chosen so that means over many photos stay me
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from imuge_tf.metrics import MAX_PSNR
+from imuge_tf.metrics import MAX_PSNR, mse_to_psnr
 
 __all__ = [
     "BCE_EPSILON",
@@ -73,16 +73,14 @@ def _mask(mask, shape=None) -> np.ndarray:
     return array > 0.5 if array.dtype != bool else array
 
 
-def _mse_to_psnr(mse: float) -> float:
-    if mse <= 0.0:
-        return MAX_PSNR
-    return min(MAX_PSNR, -10.0 * math.log10(mse))
+def _psnr_of(mse) -> float:
+    return float(mse_to_psnr(np.float64(mse)))
 
 
 def psnr(a, b) -> float:
     """PSNR in dB between two images of the same shape (uint8 or [0, 1] floats), peak 1.0."""
     a, b = _pair(a, b)
-    return _mse_to_psnr(float(np.mean(np.square(a - b))))
+    return _psnr_of(np.mean(np.square(a - b)))
 
 
 def l_psnr(original, recovered, mask) -> float:
@@ -94,7 +92,7 @@ def l_psnr(original, recovered, mask) -> float:
     inside = _mask(mask, original.shape)
     if not inside.any():
         return float("nan")
-    return _mse_to_psnr(float(np.mean(np.square(original[inside] - recovered[inside]))))
+    return _psnr_of(np.mean(np.square(original[inside] - recovered[inside])))
 
 
 def ssim(a, b) -> float:

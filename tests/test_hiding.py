@@ -153,6 +153,7 @@ def test_the_config_switch_builds_a_hiding_encoder_that_round_trips():
         UNet(mask_input=True, thumbnail_step=6.0)
 
 
+@pytest.mark.slow
 def test_the_hiding_encoder_converts_to_builtin_tflite_ops_and_matches_keras(tmp_path):
     encoder = build_imuge(load_config("smoke", ["model.hidden_thumbnail_step=6",
                                                 "model.carrier_amplitude=4"])).encoder

@@ -53,6 +53,15 @@ def test_generator_loss_combines_terms_with_paper_weights():
     assert float(total) == pytest.approx(1.0 + 0.5 * 2.0 + 0.01 * 3.0 + 0.005 * (4.0 + 0.5 * 5.0))
 
 
+def test_immunization_hinge_is_the_psnr_shortfall_below_the_target():
+    original = np.zeros((2, 4, 4, 3), np.float32)
+    immunized = np.full((2, 4, 4, 3), 0.1, np.float32)  # sample 0: 20 dB
+    immunized[1] = 0.01  # sample 1: 40 dB, above the target: no shortfall
+    assert float(losses.immunization_hinge_loss(original, immunized, 30.0)) == pytest.approx(
+        (30.0 - 20.0) / 2, rel=1e-5)
+    assert float(losses.immunization_hinge_loss(original, original, 99.0)) == 0.0
+
+
 def test_psnr_and_masked_psnr():
     a = np.zeros((2, 4, 4, 3), np.float32)
     b = np.full((2, 4, 4, 3), 0.1, np.float32)

@@ -73,6 +73,7 @@ def test_refine_keeps_full_resolution_and_any_size(photos):
     assert np.abs(refined - np.asarray(reference)).max() > 0.1  # the correction is applied
 
 
+@pytest.mark.slow
 def test_trained_refiner_is_stored_and_used_by_recover(untrained_model_dir, photos, tmp_path):
     model_dir = str(tmp_path / "model")
     shutil.copytree(untrained_model_dir, model_dir)

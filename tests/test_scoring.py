@@ -5,8 +5,9 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from imuge_tf import scoring
+from imuge_tf import metrics, scoring
 
 
 def test_psnr_matches_the_definition_for_uint8_and_floats():
@@ -36,6 +37,28 @@ def test_l_psnr_looks_only_inside_the_mask():
     assert math.isnan(scoring.l_psnr(original, recovered, np.zeros((4, 4), bool)))
     with pytest.raises(ValueError):
         scoring.l_psnr(original, recovered, mask[:3])
+
+
+def test_per_photo_and_batched_psnr_are_one_formula():
+    # The per-photo scores (float64) and the training logs (float32 batches) both turn an
+    # MSE into dB with metrics.mse_to_psnr: the same numbers for the same photos.
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 8, 8, 3))
+    b = np.clip(a + rng.normal(0, [[[[0.01]]], [[[0.05]]], [[[0.2]]]], a.shape), 0, 1)
+    mask = np.zeros((3, 8, 8, 1))
+    mask[:, 2:6, 1:5] = 1.0
+    as_tensor = lambda x: tf.constant(x, tf.float32)  # noqa: E731
+    batched = metrics.psnr(as_tensor(a), as_tensor(b)).numpy()
+    local, _ = metrics.masked_psnr(as_tensor(a), as_tensor(b), as_tensor(mask))
+    assert [scoring.psnr(x, y) for x, y in zip(a, b)] == pytest.approx(batched, rel=1e-5)
+    assert [scoring.l_psnr(x, y, m) for x, y, m in zip(a, b, mask)] == pytest.approx(
+        local.numpy(), rel=1e-5)
+    # The same cap, for identical photos and for errors too small to matter.
+    assert scoring.psnr(a[0], a[0]) == float(metrics.psnr(a[:1], a[:1])[0]) == scoring.MAX_PSNR
+    assert scoring.psnr(a[0], a[0] + 1e-7) == scoring.MAX_PSNR
+    # The per-photo score keeps float64 (no float32 rounding of the MSE).
+    assert metrics.mse_to_psnr(np.float64(1e-3)).dtype == tf.float64
+    assert scoring.psnr(np.zeros((2, 2)), np.full((2, 2), 1e-3)) == pytest.approx(60.0, abs=1e-9)
 
 
 def test_ssim_is_one_for_identical_images_and_drops_with_noise():

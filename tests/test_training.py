@@ -62,6 +62,7 @@ def run_steps(model, batch, steps):
     return [{k: float(v) for k, v in logs.items()} for logs in history]
 
 
+@pytest.mark.slow
 def test_train_step_learns_a_fixed_batch(fixed_batch):
     # Same batch and same attack seeds every step: the step must overfit it. Decoupling
     # stays on (V trains on L_cls alone), the recovery starts at full resolution.
@@ -116,26 +117,101 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
 from imuge_tf.config import load_config
+from imuge_tf.data import make_dataset
+from imuge_tf.models.factory import build_imuge
 from imuge_tf.samples import sample_photos
 from imuge_tf.training import train
-config = load_config("smoke", ["train.epochs=1", "train.batch_size=4"])
-result = train(config, sample_photos()[:4], sys.argv[1], strategy_name="mirrored", verbose=0,
+
+def copies(model):
+    # (the numbers of per-device copies, the largest difference between two copies)
+    variables = (model.weights + model.optimizer.variables
+                 + model.discriminator_optimizer.variables)
+    values = [[c.numpy() for c in v.value.values] for v in variables]
+    return (sorted({len(c) for c in values}),
+            max(float(np.max(np.abs(c[0] - other))) for c in values for other in c[1:]))
+
+def iterations(model):
+    return [int(model.optimizer.iterations.numpy()),
+            int(model.discriminator_optimizer.iterations.numpy())]
+
+# train() itself, as `--strategy mirrored` runs it.
+result = train(load_config("smoke", ["train.epochs=1", "train.batch_size=4"]),
+               sample_photos()[:4], sys.argv[1], strategy_name="mirrored", verbose=0,
                log=lambda *a: None)
-strategy = result["model"].distribute_strategy
-print(json.dumps({"replicas": strategy.num_replicas_in_sync, "step": result["step"],
-                  "losses": {k: v[-1] for k, v in result["history"].items()}}))
+trained = result["model"]
+# Its strategy again: a second MirroredStrategy in the process would reuse the collective
+# ops' instance keys.
+mirrored = trained.distribute_strategy
+
+# The same global batch of 4, fitted for two steps from the same weights by each strategy.
+# Attacks are skipped and every sample is immunized, so no draw depends on the replica's
+# seeds, and every loss is a mean over samples: two replicas' halves then give the global
+# batch's update only if the batch is split, each replica's loss is divided by the replica
+# count and their gradients are summed. SGD, unlike Adam, shows a wrongly scaled gradient.
+# The steps run eagerly, since tracing them for both strategies takes minutes; train() ran
+# the traced step.
+config = load_config("smoke", ["attacks.skip_probability=1.0", "attacks.benign=[identity]",
+                               "attacks.tampers=[donor]",
+                               "attacks.never_immunized_probability=0.0",
+                               "attacks.residual_removal_probability=0.0"])
+dataset, _ = make_dataset(sample_photos()[:4], image_size=32, batch_size=4, seed=3)
+data = tf.data.Dataset.from_tensors(next(iter(dataset))).repeat()
+keras.utils.set_random_seed(0)
+initial = build_imuge(config).get_weights()
+
+def fitted(strategy):
+    with strategy.scope():
+        model = build_imuge(config)
+        model.set_weights(initial)
+        model.compile(generator_optimizer=keras.optimizers.SGD(0.1),
+                      discriminator_optimizer=keras.optimizers.SGD(0.1), run_eagerly=True)
+    model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)
+    return model
+
+alone, shared = fitted(tf.distribute.get_strategy()), fitted(mirrored)
+split = [int(t.shape[0]) for t in mirrored.experimental_local_results(
+    next(iter(mirrored.experimental_distribute_dataset(data)))["image"])]
+after, expected = shared.get_weights(), alone.get_weights()
+print(json.dumps({
+    "replicas": mirrored.num_replicas_in_sync,
+    "split": split,
+    "copies": copies(shared),
+    "iterations": iterations(shared),
+    "largest_update": max(float(np.max(np.abs(a - b))) for a, b in zip(after, initial)),
+    "largest_gap": max(float(np.max(np.abs(a - b))) for a, b in zip(after, expected)),
+    "train": {"replicas": trained.distribute_strategy.num_replicas_in_sync,
+              "step": result["step"], "copies": copies(trained),
+              "iterations": iterations(trained),
+              "losses": {k: v[-1] for k, v in result["history"].items()}},
+}))
 """
 
 
+@pytest.mark.slow
 def test_fit_under_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    # Tracing the step for two replicas takes minutes on a busy CPU.
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path / "run")],
-                            capture_output=True, text=True, timeout=600, env=ENV, cwd=ROOT)
+                            capture_output=True, text=True, timeout=900, env=ENV, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2
-    assert report["step"] == 2
-    assert all(np.isfinite(v) for v in report["losses"].values())
+    assert report["split"] == [2, 2]  # each replica gets half of the global batch
+    # Every variable, the optimizers' included, has a copy on each device, and the copies
+    # got the same (all-reduced) updates.
+    assert report["copies"] == [[2], 0.0]
+    assert report["iterations"] == [2, 2]
+    # The same weights as one device fitting the whole batch (float sums in another order),
+    # while the steps moved them by far more than that.
+    assert report["largest_gap"] < 1e-5, report
+    assert report["largest_update"] > 1e-3, report
+    # train() itself, as `--strategy mirrored` runs it (the traced step).
+    trained = report["train"]
+    assert trained["replicas"] == 2 and trained["step"] == 2
+    assert trained["copies"] == [[2], 0.0] and trained["iterations"] == [2, 2]
+    assert all(np.isfinite(v) for v in trained["losses"].values())
     assert os.path.exists(tmp_path / "run" / "inference" / "decoder.keras")
 
 
@@ -149,6 +225,7 @@ def free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 def test_multiworker_training_with_two_processes_on_loopback(tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
@@ -171,6 +248,7 @@ def test_multiworker_training_with_two_processes_on_loopback(tmp_path):
     assert not [name for name in os.listdir(workdir) if name.startswith(".worker")]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     workdir = tmp_path / "run"
     command = [sys.executable, TRAIN, "--config", "smoke", "--workdir", str(workdir), "--quiet",
@@ -218,6 +296,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     assert residual.shape == (1, 32, 32, 3)
 
 
+@pytest.mark.slow
 def test_bad_input_gives_one_line_errors(tmp_path):
     missing = run_train(["--data", str(tmp_path / "nowhere")], tmp_path / "a")
     assert missing.returncode == 2
@@ -241,6 +320,7 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert "model.base_filters" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_init_from_copies_the_networks_but_not_the_schedule(tmp_path):
     import keras
 

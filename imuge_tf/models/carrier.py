@@ -53,7 +53,7 @@ def _pattern_like(images, tile):
     height, width = keras.ops.shape(images)[1], keras.ops.shape(images)[2]
     period = tile.shape[0]
     repeats = ((height + period - 1) // period, (width + period - 1) // period)
-    tiled = keras.ops.tile(keras.ops.convert_to_tensor(tile), repeats)
+    tiled = keras.ops.tile(keras.ops.convert_to_tensor(tile, dtype=images.dtype), repeats)
     return keras.ops.reshape(tiled[:height, :width], (1, height, width, 1))
 
 

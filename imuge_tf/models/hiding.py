@@ -120,7 +120,7 @@ def snap_to_lattice(levels, targets, block):
     base = keras.ops.floor(needed / count)
     extra = needed - base * count  # 0..count-1 pixels of the cell get one more level
     height, width = keras.ops.shape(levels)[1], keras.ops.shape(levels)[2]
-    ranks = keras.ops.tile(keras.ops.convert_to_tensor(rank_tile(block)),
+    ranks = keras.ops.tile(keras.ops.convert_to_tensor(rank_tile(block), dtype=levels.dtype),
                            (height // block, width // block))
     ranks = keras.ops.reshape(ranks, (1, height, width, 1))
     increments = _to_pixels(base, block) + keras.ops.cast(

@@ -401,14 +401,6 @@ class ImugeModel(keras.Model):
         seeds = batch["seed"] + tf.stack([replica_id * 7919, replica_id * 104729])
         return {**batch, "seed": seeds}
 
-    def test_step(self, batch):
-        stage, alpha, decoupled = self.schedule()
-        outputs = self.forward(batch, stage, alpha, decoupled, training=False)
-        terms = self._generator_losses(outputs, decoupled)
-        if self.use_discriminators:
-            terms.update(self._discriminator_losses(outputs, training=False))
-        return self._update_metrics(outputs, terms, stage, alpha, decoupled)
-
     def _update_metrics(self, outputs, terms, stage, alpha, decoupled):
         for name in LOSS_NAMES:
             if name in terms:
@@ -431,6 +423,8 @@ class ImugeModel(keras.Model):
         return logs
 
     def get_config(self):
+        # Flat arguments, but for the networks: Keras serializes each (registered, with its
+        # own flat config) so that a `.keras` file rebuilds them without the factory.
         config = super().get_config()
         serialize = keras.saving.serialize_keras_object
         config.update(
@@ -439,7 +433,8 @@ class ImugeModel(keras.Model):
             decoder=serialize(self.decoder),
             container_discriminator=serialize(self.container_discriminator),
             recovery_discriminator=serialize(self.recovery_discriminator),
-            attacks=self.attack_config,
+            # The attack layer's own keyword arguments, as plain JSON values.
+            attacks=self.attacks.get_config(),
             use_verifier=self.use_verifier,
             classification_weight=self.classification_weight,
             adversarial_weight=self.adversarial_weight,
@@ -469,3 +464,19 @@ class ImugeModel(keras.Model):
                     "recovery_discriminator"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+    def get_compile_config(self):
+        # compile() takes two optimizers instead of Keras' (optimizer, loss, metrics): both
+        # are stored, so that a loaded `.keras` file is compiled, optimizer state included.
+        if not self.compiled:
+            return {}
+        serialize = keras.saving.serialize_keras_object
+        return {"generator_optimizer": serialize(self.optimizer),
+                "discriminator_optimizer": serialize(self.discriminator_optimizer),
+                "jit_compile": self.jit_compile}
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        for key in ("generator_optimizer", "discriminator_optimizer"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        self.compile(**config)

@@ -30,21 +30,22 @@ class HalfShift(keras.layers.Layer):
         return (*input_shape[:-1], channels)
 
 
-def normalization(norm: str, channels: int, name: str) -> keras.layers.Layer:
+def normalization(norm: str, channels: int, name: str, dtype=None) -> keras.layers.Layer:
     """The normalization layer for `norm` in {"group", "batch", "instance", "none"}."""
     if norm == "group":
         # Largest group count <= 8 that divides the channels (GroupNorm needs a divisor).
         groups = max(g for g in range(1, 9) if channels % g == 0)
-        return keras.layers.GroupNormalization(groups=groups, name=name)
+        return keras.layers.GroupNormalization(groups=groups, name=name, dtype=dtype)
     if norm == "instance":
-        return keras.layers.GroupNormalization(groups=-1, name=name)
+        return keras.layers.GroupNormalization(groups=-1, name=name, dtype=dtype)
     if norm == "batch":
-        return keras.layers.BatchNormalization(name=name)
+        return keras.layers.BatchNormalization(name=name, dtype=dtype)
     if norm == "none":
-        return keras.layers.Identity(name=name)
+        return keras.layers.Identity(name=name, dtype=dtype)
     raise ValueError(f"unknown norm '{norm}': expected group, batch, instance or none")
 
 
+@keras.saving.register_keras_serializable(package="imuge_tf")
 class ConvNormAct(keras.layers.Layer):
     """Convolution (plain, strided, dilated or transposed) + normalization + ELU."""
 
@@ -59,10 +60,13 @@ class ConvNormAct(keras.layers.Layer):
         self.norm = norm
         conv_class = keras.layers.Conv2DTranspose if transposed else keras.layers.Conv2D
         conv_kwargs = {} if transposed else {"dilation_rate": dilation_rate}
+        # The inner layers compute in this layer's dtype policy.
+        dtype = self.dtype_policy
         self.conv = conv_class(filters, kernel_size, strides=strides, padding="same",
-                               name=f"{self.name}_conv", **conv_kwargs)
-        self.normalize = normalization(norm, filters, f"{self.name}_norm")
-        self.activate = keras.layers.Activation(ACTIVATION, name=f"{self.name}_act")
+                               name=f"{self.name}_conv", dtype=dtype, **conv_kwargs)
+        self.normalize = normalization(norm, filters, f"{self.name}_norm", dtype=dtype)
+        self.activate = keras.layers.Activation(ACTIVATION, name=f"{self.name}_act",
+                                                dtype=dtype)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -84,6 +88,7 @@ class ConvNormAct(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="imuge_tf")
 class EncodingSegment(keras.layers.Layer):
     """Conv at the input resolution, then a stride-2 conv: half the size, `filters` channels."""
 
@@ -91,8 +96,10 @@ class EncodingSegment(keras.layers.Layer):
         super().__init__(**kwargs)
         self.filters = filters
         self.norm = norm
-        self.conv = ConvNormAct(filters, norm=norm, name=f"{self.name}_conv")
-        self.down = ConvNormAct(filters, strides=2, norm=norm, name=f"{self.name}_down")
+        self.conv = ConvNormAct(filters, norm=norm, name=f"{self.name}_conv",
+                                dtype=self.dtype_policy)
+        self.down = ConvNormAct(filters, strides=2, norm=norm, name=f"{self.name}_down",
+                                dtype=self.dtype_policy)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -111,6 +118,7 @@ class EncodingSegment(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="imuge_tf")
 class MiddleSegment(keras.layers.Layer):
     """Dilated convs at 1/16 resolution with a residual connection: a wide receptive field."""
 
@@ -120,7 +128,8 @@ class MiddleSegment(keras.layers.Layer):
         self.dilations = tuple(dilations)
         self.norm = norm
         self.convs = [
-            ConvNormAct(filters, dilation_rate=rate, norm=norm, name=f"{self.name}_dilated{i}")
+            ConvNormAct(filters, dilation_rate=rate, norm=norm, name=f"{self.name}_dilated{i}",
+                        dtype=self.dtype_policy)
             for i, rate in enumerate(self.dilations)
         ]
 
@@ -144,6 +153,7 @@ class MiddleSegment(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="imuge_tf")
 class DecodingSegment(keras.layers.Layer):
     """Stride-2 transposed conv, then the skip features joined in, then a conv.
 
@@ -156,8 +166,9 @@ class DecodingSegment(keras.layers.Layer):
         self.filters = filters
         self.norm = norm
         self.up = ConvNormAct(filters, strides=2, transposed=True, norm=norm,
-                              name=f"{self.name}_up")
-        self.fuse = ConvNormAct(filters, norm=norm, name=f"{self.name}_fuse")
+                              name=f"{self.name}_up", dtype=self.dtype_policy)
+        self.fuse = ConvNormAct(filters, norm=norm, name=f"{self.name}_fuse",
+                                dtype=self.dtype_policy)
 
     def build(self, inputs_shape, skip_shape):
         self.up.build(inputs_shape)
@@ -168,6 +179,9 @@ class DecodingSegment(keras.layers.Layer):
     def call(self, inputs, skip, tamper_mask=None, training=None):
         upsampled = self.up(inputs, training=training)
         if tamper_mask is not None:
+            # The mask comes as a keyword argument, which Keras does not cast to this layer's
+            # compute dtype.
+            tamper_mask = keras.ops.cast(tamper_mask, upsampled.dtype)
             skip = upsampled * tamper_mask + skip * (1.0 - tamper_mask)
         joined = keras.ops.concatenate([skip, upsampled], axis=-1)
         return self.fuse(joined, training=training)

@@ -29,6 +29,7 @@ CARRIER_ROLES = ("none", "embed", "read")
 # Local feature sharing (eq. 2) happens "in the first two levels" only: the decoding segments
 # whose outputs are at full and half resolution.
 SHARING_LEVELS = (0, 1)
+EXACT_DTYPE = "float32"
 
 
 def pool_to_level(x, level):
@@ -79,6 +80,8 @@ class UNet(keras.Model):
             the immunized image `image + output` carries a hidden thumbnail of the image
             (`hiding.ThumbnailHiding`, after the carrier); 0 = none.
         thumbnail_block: the thumbnail's cell size in pixels.
+        dtype: the dtype policy of the network's layers (None: Keras' global policy); the
+            carrier and thumbnail layers always compute in float32.
     """
 
     def __init__(self, input_channels=3, output_channels=3, base_filters=16, max_filters=256,
@@ -86,7 +89,7 @@ class UNet(keras.Model):
                  mask_input=False, local_feature_sharing=False, progressive=False,
                  head_initializer="glorot_uniform", context_shift=False, carrier="none",
                  carrier_amplitude=DEFAULT_AMPLITUDE, carrier_protect=False, thumbnail_step=0.0,
-                 thumbnail_block=DEFAULT_BLOCK, name="unet", **kwargs):
+                 thumbnail_block=DEFAULT_BLOCK, dtype=None, name="unet", **kwargs):
         if output_activation not in OUTPUT_ACTIVATIONS:
             raise ValueError(f"output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                              f"got '{output_activation}'")
@@ -101,46 +104,55 @@ class UNet(keras.Model):
             raise ValueError("the carrier works at full resolution only: it cannot be combined "
                              "with progressive=True")
         channels = [min(base_filters * 2**level, max_filters) for level in range(LEVELS + 1)]
-        reader = (CarrierReader(carrier_amplitude, name=f"{name}_carrier_reader")
-                  if carrier == "read" else None)
+        # The carrier and the hidden thumbnail work on faint patterns and exact 8-bit levels,
+        # which half precision cannot hold: they compute in float32 whatever `dtype` is.
+        reader = (CarrierReader(carrier_amplitude, name=f"{name}_carrier_reader",
+                                dtype=EXACT_DTYPE) if carrier == "read" else None)
         stem_channels = (input_channels + (1 if mask_input else 0)
                          + (len(reader.windows) if reader else 0)) * (2 if context_shift else 1)
 
         # Layers first, so that the functional graph below and `progressive_call` share them.
-        from_image = {0: ConvNormAct(channels[0], norm=norm, name=f"{name}_stem")}
+        from_image = {0: ConvNormAct(channels[0], norm=norm, name=f"{name}_stem", dtype=dtype)}
         to_image = {0: self._head(output_channels, output_activation, head_initializer,
-                                 f"{name}_head")}
+                                 f"{name}_head", dtype)}
         encoders = {
-            level: EncodingSegment(channels[level], norm=norm, name=f"{name}_encode{level}")
+            level: EncodingSegment(channels[level], norm=norm, name=f"{name}_encode{level}",
+                                   dtype=dtype)
             for level in range(1, LEVELS + 1)
         }
         middle = MiddleSegment(channels[LEVELS], dilations=middle_dilations, norm=norm,
-                               name=f"{name}_middle")
+                               name=f"{name}_middle", dtype=dtype)
         decoders = {
-            level: DecodingSegment(channels[level - 1], norm=norm, name=f"{name}_decode{level}")
+            level: DecodingSegment(channels[level - 1], norm=norm, name=f"{name}_decode{level}",
+                                   dtype=dtype)
             for level in range(1, LEVELS + 1)
         }
         if progressive:
             for level in range(1, LEVELS):
                 from_image[level] = ConvNormAct(channels[level], kernel_size=1, norm=norm,
-                                                name=f"{name}_from_image{level}")
+                                                name=f"{name}_from_image{level}", dtype=dtype)
                 to_image[level] = self._head(output_channels, output_activation,
-                                             head_initializer, f"{name}_to_image{level}")
+                                             head_initializer, f"{name}_to_image{level}", dtype)
 
         image = keras.Input((None, None, input_channels), name=f"{name}_image")
         mask = keras.Input((None, None, 1), name=f"{name}_mask") if mask_input else None
-        shift = HalfShift(name=f"{name}_half_shift") if context_shift else None
+        shift = HalfShift(name=f"{name}_half_shift", dtype=dtype) if context_shift else None
         layers = (from_image, to_image, encoders, middle, decoders, shift, reader)
         output = _forward(layers, image, mask, top=0, alpha=None,
                           share_features=local_feature_sharing)
         if carrier == "embed":
             output = CarrierEmbedding(carrier_amplitude, protect=carrier_protect,
-                                      name=f"{name}_carrier")(output)
+                                      name=f"{name}_carrier", dtype=EXACT_DTYPE)(output)
         if thumbnail_step > 0:
             output = ThumbnailHiding(thumbnail_step, thumbnail_block,
-                                     name=f"{name}_thumbnail")([image, output])
+                                     name=f"{name}_thumbnail",
+                                     dtype=EXACT_DTYPE)([image, output])
         super().__init__(inputs=[image, mask] if mask_input else image, outputs=output,
                          name=name, **kwargs)
+        if dtype is not None:
+            # A functional model does not take `dtype` itself: set it as its layers have it,
+            # so that get_config() gives it back.
+            self.dtype_policy = keras.dtype_policies.get(dtype)
 
         self.input_channels = input_channels
         self.output_channels = output_channels
@@ -169,9 +181,9 @@ class UNet(keras.Model):
             to_image[level] for level in range(1, LEVELS) if progressive]
 
     @staticmethod
-    def _head(output_channels, activation, initializer, name):
+    def _head(output_channels, activation, initializer, name, dtype):
         return keras.layers.Conv2D(output_channels, 1, activation=activation,
-                                   kernel_initializer=initializer, name=name)
+                                   kernel_initializer=initializer, name=name, dtype=dtype)
 
     def progressive_call(self, image, mask=None, stage=LEVELS, alpha=1.0, training=None):
         """The output of progressive-recovery stage `stage` (1..4), upsampled to full size.
@@ -190,9 +202,10 @@ class UNet(keras.Model):
         return upsample(output, 2**top)
 
     def get_config(self):
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
+        # The base config (name, trainable, dtype), not the functional graph: the network is
+        # rebuilt from its constructor arguments.
+        config = super().get_config()
+        config.update({
             "input_channels": self.input_channels,
             "output_channels": self.output_channels,
             "base_filters": self.base_filters,
@@ -210,7 +223,8 @@ class UNet(keras.Model):
             "carrier_protect": self.carrier_protect,
             "thumbnail_step": self.thumbnail_step,
             "thumbnail_block": self.thumbnail_block,
-        }
+        })
+        return config
 
     @classmethod
     def from_config(cls, config):
