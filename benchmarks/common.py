@@ -5,7 +5,10 @@
 - `machine_facts`, `command_line`, `utc_now`: what a result needs to be reproducible;
 - `markdown_table`: a small GitHub-flavoured table;
 - `update_section`: rewrites one script's section of BENCHMARKS.md, between
-  `<!-- NAME:start -->` and `<!-- NAME:end -->`, keeping every other section as it is.
+  `<!-- NAME:start -->` and `<!-- NAME:end -->`, keeping every other section as it is;
+- `save_results` / `load_results`: a script's figures as data, in benchmarks/results/NAME.json,
+  which its section of BENCHMARKS.md is rendered from (`--render-only` re-renders without
+  measuring again).
 
 Importing this module also quietens TensorFlow's C++ info and warning logs
 (TF_CPP_MIN_LOG_LEVEL=2) unless the caller has set that variable: import it before TensorFlow.
@@ -31,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS_FILE = os.path.join(REPO_ROOT, "BENCHMARKS.md")
 BENCHMARKS_TITLE = "# Benchmarks"
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 
 
 def log(message: str) -> None:
@@ -208,3 +212,46 @@ def describe_schedule(model, step: int) -> str:
     stage, alpha, decoupled = (v.numpy() for v in model.schedule(step))
     return (f"step {step}: stage {int(stage)}, alpha {float(alpha):.2f}, "
             f"{'decoupled' if bool(decoupled) else 'coupled'}")
+
+
+def results_path(name: str) -> str:
+    """benchmarks/results/NAME.json: where the script `name` keeps its figures."""
+    return os.path.join(RESULTS_DIR, f"{name}.json")
+
+
+def save_results(name: str, results: dict) -> str:
+    """Writes `results` as benchmarks/results/NAME.json, atomically; returns the path.
+
+    Values JSON cannot hold (numpy scalars, paths) are written with str(); non-finite floats
+    are written as null, so the file stays strict JSON.
+    """
+    import json
+
+    from imuge_tf.io import write_text_atomic
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    path = results_path(name)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    text = json.dumps(finite(results), indent=2, default=str, allow_nan=False)
+    write_text_atomic(path, text + "\n", force=True)
+    return path
+
+
+def load_results(name: str) -> dict:
+    """The figures benchmarks/results/NAME.json holds; a clear error if it was never written."""
+    import json
+
+    path = results_path(name)
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {os.path.relpath(path, REPO_ROOT)} does not exist; "
+                         f"run benchmarks/{name}.py once without --render-only")
+    with open(path, encoding="utf-8") as stream:
+        return json.load(stream)
