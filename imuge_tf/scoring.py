@@ -3,7 +3,7 @@
 These score one received image at a time on the host (the `imuge evaluate` protocol and the
 demo), as opposed to `imuge_tf.metrics`, which works on TF batches inside training; both turn a
 mean squared error into PSNR with the one formula, `imuge_tf.metrics.mse_to_psnr`. This module
-owns the pixel F1 (`f1`).
+owns the pixel F1 (`f1`, and `pooled_f1` for a batch of masks).
 
 Images are uint8 (0..255) or floats on the [0, 1] scale; both arguments of a comparison are
 converted to float64 in [0, 1] first, so a uint8 image can be compared with a float one. Masks
@@ -31,6 +31,7 @@ __all__ = [
     "f1",
     "iou",
     "l_psnr",
+    "pooled_f1",
     "psnr",
     "ssim",
     "to_unit_float",
@@ -136,6 +137,25 @@ def _confusion(predicted, true) -> tuple[int, int, int]:
 def f1(predicted_mask, true_mask) -> float:
     """Pixel F1 of a predicted binary mask against the true one (1.0 when both are empty)."""
     tp, fp, fn = _confusion(predicted_mask, true_mask)
+    denominator = 2 * tp + fp + fn
+    return 1.0 if denominator == 0 else 2.0 * tp / denominator
+
+
+def pooled_f1(predicted_masks, true_masks) -> float:
+    """Pixel F1 of a batch of masks (N x H x W or N x H x W x 1) with all pixels pooled.
+
+    One F1 over every pixel of the batch, not the mean of per-image F1s, so that a sample
+    weighs by its pixels and a sample without any tamper (whose own F1 is 0 or 1) does not
+    swing the figure. 1.0 when no mask of either batch has a tampered pixel.
+    """
+    predicted_masks, true_masks = np.asarray(predicted_masks), np.asarray(true_masks)
+    if len(predicted_masks) != len(true_masks):
+        raise ValueError(f"batches differ in length: {len(predicted_masks)} predicted masks, "
+                         f"{len(true_masks)} true ones")
+    tp = fp = fn = 0
+    for predicted, true in zip(predicted_masks, true_masks):
+        counts = _confusion(predicted, true)
+        tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
     denominator = 2 * tp + fp + fn
     return 1.0 if denominator == 0 else 2.0 * tp / denominator
 

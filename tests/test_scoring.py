@@ -95,6 +95,24 @@ def test_f1_and_iou_hand_values():
     assert scoring.f1(np.array([[0.9, 0.6, 0.4, 0.1]]), true) == 1.0
 
 
+def test_pooled_f1_counts_every_pixel_of_the_batch_once():
+    # Sample 0: tp 1, fp 1, fn 1 (F1 0.5); sample 1: tp 4 (F1 1.0). Pooled: tp 5, fp 1, fn 1,
+    # so 10 / 12, not the per-image mean 0.75.
+    true = np.array([[[1, 1, 0, 0]], [[1, 1, 1, 1]]], bool)
+    predicted = np.array([[[1, 0, 1, 0]], [[1, 1, 1, 1]]], bool)
+    assert scoring.pooled_f1(predicted, true) == pytest.approx(10 / 12)
+    # A TF-style batch of probabilities (N x H x W x 1), thresholded at 0.5 as `f1` does.
+    probabilities = np.where(predicted, 0.9, 0.2)[..., None].astype(np.float32)
+    assert scoring.pooled_f1(probabilities, true[..., None].astype(np.float32)) == \
+        pytest.approx(10 / 12)
+    # One sample: the same as `f1`; nothing tampered anywhere: 1.0.
+    assert scoring.pooled_f1(predicted[:1], true[:1]) == scoring.f1(predicted[0], true[0])
+    empty = np.zeros_like(true)
+    assert scoring.pooled_f1(empty, empty) == 1.0
+    with pytest.raises(ValueError, match="differ in length"):
+        scoring.pooled_f1(predicted, true[:1])
+
+
 def brute_force_auc(scores, positive):
     """P(score of a positive > score of a negative) + 0.5 P(equal), over all pairs."""
     pos = [s for s, p in zip(scores, positive) if p]
