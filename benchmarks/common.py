@@ -8,7 +8,9 @@
   `<!-- NAME:start -->` and `<!-- NAME:end -->`, keeping every other section as it is;
 - `save_results` / `load_results`: a script's figures as data, in benchmarks/results/NAME.json,
   which its section of BENCHMARKS.md is rendered from (`--render-only` re-renders without
-  measuring again).
+  measuring again); `add_output_arguments` and `publish` are that flow's flags and last step,
+  `provenance` / `provenance_lines` the date, machine and command a section opens with;
+- `sync`: waits for TF outputs before a timer stops.
 
 Importing this module also quietens TensorFlow's C++ info and warning logs
 (TF_CPP_MIN_LOG_LEVEL=2) unless the caller has set that variable: import it before TensorFlow.
@@ -214,13 +216,14 @@ def describe_schedule(model, step: int) -> str:
             f"{'decoupled' if bool(decoupled) else 'coupled'}")
 
 
-def results_path(name: str) -> str:
-    """benchmarks/results/NAME.json: where the script `name` keeps its figures."""
-    return os.path.join(RESULTS_DIR, f"{name}.json")
+def results_path(name: str, folder: str | None = None) -> str:
+    """benchmarks/results/NAME.json (or FOLDER/NAME.json): where `name` keeps its figures."""
+    return os.path.join(folder or RESULTS_DIR, f"{name}.json")
 
 
-def save_results(name: str, results: dict) -> str:
-    """Writes `results` as benchmarks/results/NAME.json, atomically; returns the path.
+def save_results(name: str, results: dict, folder: str | None = None) -> str:
+    """Writes `results` as benchmarks/results/NAME.json (or FOLDER/NAME.json), atomically;
+    returns the path.
 
     Values JSON cannot hold (numpy scalars, paths) are written with str(); non-finite floats
     are written as null, so the file stays strict JSON.
@@ -238,20 +241,75 @@ def save_results(name: str, results: dict) -> str:
             return [finite(item) for item in value]
         return value
 
-    path = results_path(name)
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = results_path(name, folder)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     text = json.dumps(finite(results), indent=2, default=str, allow_nan=False)
     write_text_atomic(path, text + "\n", force=True)
     return path
 
 
-def load_results(name: str) -> dict:
-    """The figures benchmarks/results/NAME.json holds; a clear error if it was never written."""
+def load_results(name: str, folder: str | None = None) -> dict:
+    """The figures benchmarks/results/NAME.json (or FOLDER/NAME.json) holds; a clear error if
+    it was never written."""
     import json
 
-    path = results_path(name)
+    path = results_path(name, folder)
     if not os.path.exists(path):
         raise SystemExit(f"error: {os.path.relpath(path, REPO_ROOT)} does not exist; "
                          f"run benchmarks/{name}.py once without --render-only")
     with open(path, encoding="utf-8") as stream:
         return json.load(stream)
+
+
+def add_output_arguments(parser) -> None:
+    """--render-only and --out, for a script that measures -> save_results -> publish."""
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render the BENCHMARKS.md section from the saved JSON; "
+                             "measure nothing")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="write NAME.json and a BENCHMARKS.md into DIR instead of "
+                             "benchmarks/results and the repository's BENCHMARKS.md (for "
+                             "trial runs whose figures must not replace the real ones)")
+
+
+def publish(name: str, render, folder: str | None = None) -> str:
+    """Renders NAME.json with `render`, writes it as the section `name` and prints it.
+
+    `folder` (a script's --out) holds both the JSON and the BENCHMARKS.md to write.
+    """
+    text = render(load_results(name, folder))
+    path = update_section(name, text, os.path.join(folder, "BENCHMARKS.md")
+                          if folder else BENCHMARKS_FILE)
+    print(text)
+    log(f"wrote the '{name}' section of {path}")
+    return text
+
+
+def provenance() -> dict:
+    """When, how and where a measurement starts; the caller adds load_average['after']."""
+    return {"date": utc_now(), "command": command_line(), "machine": machine_facts(),
+            "load_average": {"before": load_average()}}
+
+
+def provenance_lines(results: dict, *details: str) -> list[str]:
+    """The bullet list that opens a section, from `provenance()`'s keys; `details` are
+    bullets of the script's own (config, data) put before the command."""
+    facts, load = results["machine"], results["load_average"]
+    return [
+        f"- date: {results['date']}",
+        f"- machine: {facts['cpus']} CPUs, {facts['cpu']}; {facts['os']}; load average "
+        f"(1/5/15 min) {load['before']} before, {load['after']} after",
+        f"- software: TensorFlow {facts.get('tensorflow')}, Keras {facts.get('keras')}, "
+        f"Python {facts['python']}",
+        *details,
+        f"- command: `{results['command']}`",
+    ]
+
+
+def sync(outputs) -> None:
+    """Fetches one number from each output tensor, so that the work is surely done before a
+    timer stops (eager results may still be computing asynchronously)."""
+    import tensorflow as tf
+
+    for tensor in tf.nest.flatten(outputs):
+        float(tf.reshape(tensor, [-1])[0])
