@@ -35,7 +35,8 @@ DEMO_PHOTO = "astronaut"
 DEMO_DONOR = "chelsea"
 DEMO_JPEG_QUALITY = 90
 # The ellipse: centre and semi-axes as fractions of height / width, rotation in degrees. It
-# covers the astronaut's helmet and arm, about 11 % of the photo.
+# covers the astronaut's helmet and arm; its share of the photo, pi x ry x rx, is what the
+# demo prints as the tampered area.
 _ELLIPSE = (0.62, 0.55, 0.20, 0.17, 25.0)
 
 

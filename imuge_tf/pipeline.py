@@ -9,7 +9,7 @@ cannot drift apart.
 - **Working scale.** The networks see the photo at a working size whose long side is
   `image_size` and whose short side follows the aspect ratio (a multiple of 16, as the U-Nets
   need); `working_view` brings a photo there with box averaging by a whole factor and then
-  bilinear resampling of at most ~2x, ops that TFLite has as builtins.
+  bilinear resampling by less than 4x, ops that TFLite has as builtins.
 - **Immunize.** The encoder's residual, upsampled bilinearly (smooth: no cells or tiles) and
   scaled by `residual_gain`, is added at full resolution; then the block mark
   (`models/blockmark.py`) is written into the photo's own 8 x 8 grid and the result rounded.
@@ -49,7 +49,9 @@ FLAG_PROBABILITY = 0.5
 RECOVERY_MARGIN = 4
 # Block mark read-out: the agreement of a block with the keyed lattice, averaged over its 3 x 3
 # neighbourhood, maps linearly to a tamper probability from 1 at MARK_ABSENT to 0 at
-# MARK_PRESENT_LEVEL (BENCHMARKS.md, "block mark", has the distributions this sits between).
+# MARK_PRESENT_LEVEL: the first above the usual chance agreement of unmarked content, the
+# second below what marked content keeps through the JPEG qualities the verdicts must survive
+# (BENCHMARKS.md, `verdicts`, checks the outcome).
 MARK_WINDOW = 3
 MARK_ABSENT = 0.12
 MARK_PRESENT_LEVEL = 0.42
@@ -62,17 +64,17 @@ VERDICT_OPENING = 3
 WIDE_OPENING_BELOW = 0.01
 # The neighbourhood mean that makes detection reliable also pulls the blocks at a tamper's edge
 # towards their marked neighbours; the mask takes back, next to flagged blocks, those that are
-# flat (painted over) or whose own agreement is below this (unmarked blocks: about 0 +- 0.3;
-# marked: 0.9, 0.75 after JPEG 90).
+# flat (painted over) or whose own agreement is below this (under what a marked block keeps
+# after JPEG, above the chance agreement of most unmarked blocks).
 MARK_OWN_ABSENT = 0.4
 # Content binding (`_content`): cells whose records disagree must form a CONTENT_OPENING x
 # CONTENT_OPENING square of cells, and count only CONTENT_MARGIN blocks away from the mark's
 # own flags.
 CONTENT_OPENING = 2
 CONTENT_MARGIN = 4
-# Share of blocks that must carry the mark for the mark to be the evidence (by chance, a photo
-# that was never immunized has about 0.3 % of such blocks), and how far above chance the
-# photo's mean agreement must be.
+# Share of blocks that must carry the mark for the mark to be the evidence (well above the
+# share that carries it by chance in a photo that was never immunized), and how far above
+# chance the photo's mean agreement must be.
 MARK_PRESENT = 0.05
 MARK_SIGNIFICANCE = 6.0
 # Verdict thresholds (shares of flagged pixels) when the mark is the evidence: an untouched

@@ -311,8 +311,8 @@ def real_jpeg(images, quality):
     def encode_decode(args):
         image, factor = args
         # The encoder of adjust_jpeg_quality, but decoded with the accurate inverse DCT as
-        # Pillow and most viewers do: adjust_jpeg_quality's fast IDCT alone costs 42-47 dB
-        # against what real decoders show (benchmarks/jpeg_fidelity.py).
+        # Pillow and most viewers do: the fast IDCT's own error would otherwise be trained on
+        # as if it were the codec's (BENCHMARKS.md, "JPEG fidelity and attack-layer cost").
         encoded = tf.raw_ops.EncodeJpegVariableQuality(images=image, quality=factor)
         return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
 

@@ -190,9 +190,9 @@ class _ServingGraph:
                 message=f"image too large: more than {self.max_pixels} pixels")
         with tf.control_dependencies([too_large]):
             data = tf.identity(data)
-        # tf.io.decode_image decodes JPEG with libjpeg's fast integer IDCT, which is up to 6
-        # levels away from Pillow's (and so from a local `imuge verify`): enough to disturb
-        # the block mark. The accurate IDCT gives Pillow's pixels exactly.
+        # tf.io.decode_image decodes JPEG with libjpeg's fast integer IDCT, whose pixels differ
+        # from Pillow's (and so from a local `imuge verify`'s) by enough to disturb the block
+        # mark. The accurate IDCT gives Pillow's pixels exactly.
         image = tf.cond(
             tf.io.is_jpeg(data),
             lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
@@ -248,7 +248,8 @@ class _ServingGraph:
             found, recovered, thresholds = self._one(tf.cast(image, tf.float32)[None])
             outputs = self._common_outputs(found, thresholds)
             outputs["height"], outputs["width"] = tf.shape(image)[0], tf.shape(image)[1]
-            # zlib level 1: at 12 MP the default level takes seconds for a few % of size.
+            # zlib level 1: on a large photo the default level takes several times as long
+            # for a file only a little smaller (BENCHMARKS.md, `native_quality`, times both).
             outputs["mask_png_bytes"] = tf.io.encode_png(
                 tf.cast(found["mask"], tf.uint8)[:, :, None] * 255, compression=1)
             outputs["recovered_png_bytes"] = tf.io.encode_png(

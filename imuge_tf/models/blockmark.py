@@ -222,7 +222,7 @@ class BlockMark:
     def read(self, levels, place=None):
         """(`agreement`, flatness): flatness is 1 where every marked coefficient of the block
         is within FLAT_COEFFICIENT of 0, as on content painted over with one colour (a marked
-        block is so by chance in about 1 of 20,000 blocks, more often after strong JPEG).
+        block is so only by rare chance, less rarely after strong JPEG).
         `place`: the tile position of the first block (`tiled_over_blocks`)."""
         _, _, rows, columns = _grid(levels)
         coefficients = self._coefficients(levels)

@@ -2,8 +2,9 @@
 
 The paper asks the encoder to learn where and how to hide the information the decoder needs.
 At a CPU budget it does not: trained decoders inpaint, and score the same on never-immunized
-photos ("Imuge effect" ~0 dB). This lever (`model.hidden_thumbnail_step` > 0) hides
-the information by construction, with quantization index modulation (QIM):
+photos (no "Imuge effect": BENCHMARKS.md, `ablation`). This lever
+(`model.hidden_thumbnail_step` > 0) hides the information by construction, with quantization
+index modulation (QIM):
 
 - the photo is cut into `block` x `block` cells; the message of a cell is the mean colour
   (R, G, B) of the cell half an image away (the half-shift of `HalfShift`), so content that is
@@ -35,9 +36,10 @@ DEFAULT_BLOCK = 2
 # cell read with a little noise does not wrap around to white.
 MARGIN = 0.05
 # Mean absolute difference (in [0, 1] units) between the read thumbnail and the received
-# photo's own cell means, over cells where both are untampered: ~0.006 on a losslessly saved
-# immunized photo, ~0.25 (uniform noise) on a JPEG-compressed or never-immunized one.
-# Reliability is 1 below the first bound, 0 above the second, linear in between.
+# photo's own cell means, over cells where both are untampered: rounding error only on a
+# losslessly saved immunized photo, that of uniform noise on a JPEG-compressed or
+# never-immunized one; the bounds lie between the two, well clear of both. Reliability is 1
+# below the first bound, 0 above the second, linear in between.
 RELIABLE_BELOW = 0.03
 UNRELIABLE_ABOVE = 0.06
 RANK_SEED = 20211020

@@ -43,9 +43,10 @@ VALUES = 6  # four luminance means, Cb, Cr
 PARITY_BITS = 2
 RECORD_BITS = VALUES * VALUE_BITS + PARITY_BITS
 SLOTS = 2
-# A slot's copy counts where the block mark's mean agreement over its host blocks reaches this
-# (marked content: about 0.96, 0.6 after JPEG 75; unmarked: 0 +- 0.1, above 0.3 in about 1 of
-# 1,000 slots, and then the parity refuses 3 of 4).
+# A slot's copy counts where the block mark's mean agreement over its host blocks reaches this:
+# below what marked content keeps after JPEG 75, above what unmarked content reaches in all but
+# rare slots, whose chance records the parity then mostly refuses (a random record passes the
+# PARITY_BITS checks 1 time in 2^PARITY_BITS).
 HOST_AGREEMENT = 0.3
 FILL_CELLS = 3  # cells without a copy are interpolated from decoded cells this close
 # `mismatch`: a received cell agrees with a record while each of its values is within this many
