@@ -16,8 +16,6 @@ from imuge_tf.attacks.benign import (
     resize_jpeg,
     resize_parameters,
     resize_with_methods,
-    split_seeds,
-    uniform_per_sample,
 )
 from imuge_tf.attacks.jpeg import (
     quantization_tables,
@@ -26,6 +24,7 @@ from imuge_tf.attacks.jpeg import (
     straight_through_jpeg,
 )
 from imuge_tf.attacks.pipeline import AttackPipeline
+from imuge_tf.attacks.seeds import split_seeds, uniform_per_sample
 from imuge_tf.attacks.tamper import (
     TAMPERS,
     clone_stamp,

@@ -5,10 +5,10 @@ several interpolations, and the combinations resize + JPEG and blur + JPEG.
 Every attack has the signature ``attack(images, masks, seeds, **params) -> (images, masks)``:
 images are float32 [B, H, W, 3] in [0, 1], masks float32 [B, H, W, 1] with 1 = tampered, and
 seeds an int [B, 2] tensor of per-sample stateless seeds. All randomness comes from
-``tf.random.stateless_*`` ops keyed by those seeds, so an attack is a pure function of its
-inputs: it traces once inside ``tf.function``, and samples (or replicas) with different seeds
-draw different parameters. Gradients reach ``images`` through every attack (JPEG rounding is
-straight-through).
+``tf.random.stateless_*`` ops keyed by those seeds (`imuge_tf.attacks.seeds`), so an attack is
+a pure function of its inputs: it traces once inside ``tf.function``, and samples (or
+replicas) with different seeds draw different parameters. Gradients reach ``images`` through
+every attack (JPEG rounding is straight-through).
 
 Masks are returned transformed where an attack moves or removes pixels. Only cropping does:
 rescaling goes down and back to the same size, so pixels stay where they were. Cropping keeps
@@ -24,6 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from imuge_tf.attacks.jpeg import simulate_jpeg, straight_through_jpeg
+from imuge_tf.attacks.names import check_names
+from imuge_tf.attacks.seeds import normal_per_sample, split_seeds, uniform_per_sample
 
 __all__ = [
     "BENIGN_ATTACKS",
@@ -41,51 +43,7 @@ __all__ = [
     "resize_jpeg",
     "resize_parameters",
     "resize_with_methods",
-    "split_seeds",
-    "uniform_per_sample",
 ]
-
-
-def split_seeds(seeds, count):
-    """Derives `count` independent seeds from each per-sample seed.
-
-    Args:
-        seeds: int [B, 2] per-sample seeds.
-        count: Python int.
-
-    Returns:
-        int32 [count, B, 2]: element i is a fresh [B, 2] seed tensor for the i-th use.
-    """
-    seeds = tf.cast(tf.convert_to_tensor(seeds), tf.int32)
-    split = tf.map_fn(
-        lambda seed: tf.random.experimental.stateless_split(seed, count),
-        seeds,
-        fn_output_signature=tf.TensorSpec([count, 2], tf.int32),
-    )
-    return tf.transpose(split, [1, 0, 2])
-
-
-def uniform_per_sample(seeds, shape=(), minval=0.0, maxval=1.0, dtype=tf.float32):
-    """One stateless uniform draw of `shape` per sample: a [B, *shape] tensor in
-    [minval, maxval) (integers need both bounds)."""
-    seeds = tf.cast(tf.convert_to_tensor(seeds), tf.int32)
-    static_shape = tf.TensorShape(shape) if not tf.is_tensor(shape) else tf.TensorShape(None)
-    return tf.map_fn(
-        lambda seed: tf.random.stateless_uniform(
-            shape, seed, minval=minval, maxval=maxval, dtype=dtype
-        ),
-        seeds,
-        fn_output_signature=tf.TensorSpec(static_shape, dtype),
-    )
-
-
-def _normal_per_sample(seeds, shape):
-    seeds = tf.cast(tf.convert_to_tensor(seeds), tf.int32)
-    return tf.map_fn(
-        lambda seed: tf.random.stateless_normal(shape, seed),
-        seeds,
-        fn_output_signature=tf.TensorSpec(None, tf.float32),
-    )
 
 
 def _check_range(name, value_range, low, high):
@@ -118,7 +76,7 @@ def gaussian_noise(images, masks, seeds, noise_stddev=0.05):
         raise ValueError(f"noise_stddev must be in [0, 1], got {noise_stddev!r}")
     sigma_seeds, noise_seeds = tf.unstack(split_seeds(seeds, 2))
     sigma = uniform_per_sample(sigma_seeds, maxval=noise_stddev)
-    noise = _normal_per_sample(noise_seeds, tf.shape(images)[1:])
+    noise = normal_per_sample(noise_seeds, tf.shape(images)[1:])
     noisy = images + tf.reshape(sigma, [-1, 1, 1, 1]) * tf.reshape(noise, tf.shape(images))
     return tf.clip_by_value(noisy, 0.0, 1.0), masks
 
@@ -302,8 +260,8 @@ def _median(images, size):
     Forward: the size * size shifted copies go through a median-selection network of
     elementwise minima and maxima (much faster on a CPU than sorting with top_k). Backward:
     each output's gradient goes to the window pixel holding the median value (the first one on
-    ties), as for a sort; written by hand because differentiating the ~200 min/max ops of a
-    5x5 network is 20 times slower than the forward pass.
+    ties), as for a sort; written by hand because differentiating the network's min/max ops
+    one by one costs many times the forward pass.
     """
     pad = size // 2
     offsets = [(dy, dx) for dy in range(size) for dx in range(size)]
@@ -421,13 +379,7 @@ def resize_parameters(seeds, resize_range=(0.5, 2.0), resize_methods=RESIZE_METH
     `resize_range`, there [B] int32 and back [B] int32, independent indices into
     `resize_methods` for the resize and for the way back)."""
     lo, hi = _check_range("resize_range", resize_range, 1e-3, 1e3)
-    methods = tuple(resize_methods)
-    unknown = [method for method in methods if method not in RESIZE_METHODS]
-    if not methods or unknown:
-        raise ValueError(
-            f"resize_methods must be a non-empty list drawn from {list(RESIZE_METHODS)}, "
-            f"got {resize_methods!r}"
-        )
+    methods = check_names("resize_methods", resize_methods, RESIZE_METHODS)
     draws = uniform_per_sample(seeds, shape=[3])
     factors = lo + (hi - lo) * draws[:, 0]
     indices = tf.minimum(tf.cast(tf.floor(draws[:, 1:] * len(methods)), tf.int32), len(methods) - 1)
@@ -456,8 +408,8 @@ def resize_with_methods(
     nearest, area; see `_resize` for the gradients): the resize and the way back are often
     done by different software. Only the drawn methods run for each sample.
 
-    Nearest up and nearest back down returns the image unchanged (exactly; with the defaults
-    about 4 % of the samples), as it does outside training too.
+    Nearest up and nearest back down returns the image unchanged (exactly), as it does outside
+    training too: with the defaults, one in 16 of the samples scaled up.
     """
     methods = tuple(resize_methods)
     factors, there, back = resize_parameters(seeds, resize_range, methods)

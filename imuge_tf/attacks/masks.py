@@ -14,6 +14,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from imuge_tf.attacks.names import check_names
+
 SHAPES = ("rectangle", "ellipse", "polygon", "blob")
 DEFAULT_SHAPES = ("rectangle", "ellipse", "polygon")
 
@@ -69,12 +71,7 @@ def validate_mask_arguments(image_size, area_range, largest_range, max_regions, 
         raise ValueError(f"max_regions must be in [1, {MAX_REGIONS}], got {max_regions}")
     if isinstance(shapes, str):
         shapes = (shapes,)
-    shapes = tuple(shapes)
-    if not shapes:
-        raise ValueError(f"shapes must name at least one of {SHAPES}")
-    unknown = [s for s in shapes if s not in SHAPES]
-    if unknown:
-        raise ValueError(f"unknown mask shapes {unknown}; choose from {SHAPES}")
+    shapes = check_names("mask shapes", shapes, SHAPES)
     return int(image_size), area_range, largest_range, int(max_regions), shapes
 
 
@@ -373,8 +370,9 @@ def random_tamper_mask(
     RST / max_regions when fewer regions could not reach RST. Shapes are drawn per region from
     `shapes`: "rectangle" (axis-aligned), "ellipse" (rotated), "polygon" (random star-shaped),
     "blob" (smooth random outline). Large or crowded targets are best effort: a region stays
-    inside the image (so one region covers at most ~0.4-0.9 of it, by shape), and when regions
-    do not fit apart they may touch or overlap (RST lower, RLT higher than drawn).
+    inside the image (so one region covers only part of it, how much depends on its shape),
+    and when regions do not fit apart they may touch or overlap (RST lower, RLT higher than
+    drawn).
 
     Args:
       seed: int32/int64 tensor of shape [2], a stateless random seed.

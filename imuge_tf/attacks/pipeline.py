@@ -8,28 +8,15 @@ Every enabled attack runs on the whole batch and each sample picks its own resul
 
 import tensorflow as tf
 
-from imuge_tf.attacks.benign import (
-    BENIGN_ATTACKS,
-    RESIZE_METHODS,
-    split_seeds,
-    uniform_per_sample,
-)
+from imuge_tf.attacks.benign import BENIGN_ATTACKS, RESIZE_METHODS
+from imuge_tf.attacks.names import check_names
+from imuge_tf.attacks.seeds import split_seeds, uniform_per_sample
 from imuge_tf.attacks.tamper import TAMPERS
 
 __all__ = ["AttackPipeline"]
 
 # Seed streams derived from each sample's seed, one per independent use.
 _CHOICE, _TAMPER, _BENIGN = 0, 1, 2
-
-
-def _check_names(kind, names, allowed):
-    names = tuple(names)
-    if not names:
-        raise ValueError(f"{kind} must not be empty; allowed names: {', '.join(allowed)}")
-    unknown = [name for name in names if name not in allowed]
-    if unknown:
-        raise ValueError(f"unknown {kind} {unknown!r}; allowed names: {', '.join(allowed)}")
-    return names
 
 
 def _select(index, candidates):
@@ -98,8 +85,8 @@ class AttackPipeline:
         if not 0.0 <= skip_probability <= 1.0:
             raise ValueError(f"skip_probability must be in [0, 1], got {skip_probability!r}")
         self.skip_probability = float(skip_probability)
-        self.benign_attacks = _check_names("benign attacks", benign_attacks, BENIGN_ATTACKS)
-        self.tamper_kinds = _check_names("tamper kinds", tamper_kinds, TAMPERS)
+        self.benign_attacks = check_names("benign attacks", benign_attacks, BENIGN_ATTACKS)
+        self.tamper_kinds = check_names("tamper kinds", tamper_kinds, TAMPERS)
         self.noise_stddev = float(noise_stddev)
         self.blur_kernel_sizes = tuple(int(size) for size in blur_kernel_sizes)
         self.rescale_range = tuple(float(value) for value in rescale_range)

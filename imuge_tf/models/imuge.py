@@ -11,8 +11,8 @@ import keras
 import tensorflow as tf
 
 from imuge_tf import losses
-from imuge_tf.attacks.benign import uniform_per_sample
 from imuge_tf.attacks.pipeline import AttackPipeline
+from imuge_tf.attacks.seeds import uniform_per_sample
 from imuge_tf.attacks.tamper import pyramid_fill
 from imuge_tf.metrics import masked_psnr, psnr
 from imuge_tf.models.hiding import DEFAULT_BLOCK, hidden_prefill
