@@ -32,6 +32,11 @@ cannot drift apart.
   the reference refiner (`models/refiner.py`) and put inside the mask grown by RECOVERY_MARGIN
   working pixels. Where no record decoded, the decoder at the working scale (push-pull
   pre-fill, learned correction) fills in.
+
+The module is over 500 lines because it is the one graph the exports trace: the analysis's
+cases (mark in place, realigned after a turn or crop, brought back after a resize, no mark)
+and recovery read the same block grid with the thresholds below and fill the same result, so
+split apart each piece would reach back into the others' settings.
 """
 
 import tensorflow as tf

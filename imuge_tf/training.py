@@ -7,6 +7,10 @@ Work directory layout (documented in the README):
     logs/                TensorBoard scalars (train/) and image grids (images/)
     inference/           encoder.keras, verifier.keras, decoder.keras, imuge.json:
                          the inference networks, rewritten atomically after every epoch
+
+The module is over 500 lines because keeping that directory resumable is one job: the loop,
+the checks that keep a diverged state from being saved and the recovery of checkpoints that a
+kill left damaged share TrainingError, the checkpoint layout and the run's order of events.
 """
 
 from __future__ import annotations
