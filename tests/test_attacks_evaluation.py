@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from imuge_tf import scoring
 from imuge_tf.attacks.evaluation import (
     ATTACK_NAMES,
     NOISE_SIGMA,
@@ -19,11 +20,6 @@ from imuge_tf.samples import sample_photo
 
 PAPER_ORDER = ("jpeg90", "jpeg70", "jpeg50", "resize150", "resize70", "resize50", "crop90",
                "crop70", "crop50", "blur", "noise", "none")
-
-
-def _psnr(a, b):
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def _high_frequency_energy(image):
@@ -96,14 +92,14 @@ def test_jpeg_is_pillows_own_codec(request, fixture, quality):
 
 
 def test_lower_quality_is_further_from_the_input(astronaut):
-    psnr = [_psnr(apply_attack(f"jpeg{q}", astronaut)[0], astronaut) for q in (90, 70, 50)]
+    psnr = [scoring.psnr(apply_attack(f"jpeg{q}", astronaut)[0], astronaut) for q in (90, 70, 50)]
     assert psnr[0] > psnr[1] > psnr[2] > 25, psnr
 
 
 @pytest.mark.parametrize("fixture", ["astronaut", "coffee"])
 def test_resizing_loses_detail_in_order(request, fixture):
     image = request.getfixturevalue(fixture)
-    psnr = {p: _psnr(apply_attack(f"resize{p}", image)[0], image) for p in (150, 70, 50)}
+    psnr = {p: scoring.psnr(apply_attack(f"resize{p}", image)[0], image) for p in (150, 70, 50)}
     assert psnr[150] > psnr[70] > psnr[50], psnr
     energy = {p: _high_frequency_energy(apply_attack(f"resize{p}", image)[0])
               for p in (150, 70, 50)}

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from imuge_tf import scoring
 from imuge_tf.attacks.jpeg import (
     quantization_tables,
     real_jpeg,
@@ -24,11 +25,6 @@ def _pillow_jpeg(image, quality):
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
-
-
-def _psnr(a, b):
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return 10 * np.log10(255.0**2 / mse)
 
 
 def _to_float(image):
@@ -54,10 +50,10 @@ def test_simulation_matches_pillow(crops, name, quality):
     assert simulated.shape == image.shape
     # The output is on the 8-bit grid, like a decoded file.
     np.testing.assert_allclose(simulated * 255, np.round(simulated * 255), atol=1e-3)
-    psnr = _psnr(np.round(simulated * 255), reference)
+    psnr = scoring.psnr(np.round(simulated * 255).astype(np.uint8), reference)
     assert psnr > PSNR_BAR, f"PSNR vs Pillow at QF {quality}: {psnr:.1f} dB"
     # And it is a real compression: far from the input at low quality, close at high.
-    assert _psnr(simulated * 255, image) < 50
+    assert scoring.psnr(simulated, image) < 50
 
 
 def test_quantization_tables_are_libjpegs(crops):

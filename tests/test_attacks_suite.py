@@ -27,6 +27,7 @@ from imuge_tf.attacks import (
 )
 from imuge_tf.config import ConfigError, load_config
 from imuge_tf.models.factory import attack_arguments
+from imuge_tf.scoring import psnr
 
 NEW_BENIGN = ("median", "colour", "resize", "resize_jpeg", "blur_jpeg")
 NEW_TAMPERS = ("copy_move", "splice", "removal")
@@ -75,10 +76,6 @@ def _assert_useful_gradient(gradient):
     assert np.all(np.abs(gradient).reshape(len(gradient), -1).max(axis=1) > 1e-3)
 
 
-def _psnr(a, b):
-    return 10 * np.log10(1.0 / np.mean((np.asarray(a) - np.asarray(b)) ** 2))
-
-
 # ---- benign attacks ------------------------------------------------------------------------
 
 
@@ -122,7 +119,7 @@ def test_median_blur_is_a_median_filter_and_removes_salt_and_pepper(batch):
     np.testing.assert_array_equal(five.numpy(), median_filter(noisy, size=(1, 5, 5, 1),
                                                               mode="mirror"))
     for b in range(BATCH):
-        assert _psnr(filtered[b], clean[b]) > _psnr(noisy[b], clean[b]) + 5.0
+        assert psnr(filtered[b], clean[b]) > psnr(noisy[b], clean[b]) + 5.0
     # Per-sample window sizes: some samples get 3x3, some 5x5.
     seeds = tf.stack([tf.range(BATCH), tf.fill([BATCH], 4)], axis=1)
     both, _ = median_blur(tf.constant(noisy), masks, seeds, median_kernel_sizes=(3, 5))
