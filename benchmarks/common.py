@@ -8,7 +8,7 @@
   `<!-- NAME:start -->` and `<!-- NAME:end -->`, keeping every other section as it is;
 - `save_results` / `load_results`: a script's figures as data, in benchmarks/results/NAME.json,
   which its section of BENCHMARKS.md is rendered from (`--render-only` re-renders without
-  measuring again); `add_output_arguments` and `publish` are that flow's flags and last step,
+  measuring again); `add_output_arguments`, `measure_and_publish` and `publish` are that flow,
   `provenance` / `provenance_lines` the date, machine and command a section opens with;
 - `sync`: waits for TF outputs before a timer stops.
 
@@ -283,6 +283,14 @@ def publish(name: str, render, folder: str | None = None) -> str:
     print(text)
     log(f"wrote the '{name}' section of {path}")
     return text
+
+
+def measure_and_publish(name: str, args, measure, render) -> str:
+    """A script's whole flow, for arguments from `add_output_arguments`: unless --render-only,
+    `measure(args)` is saved as NAME.json; then that file is published."""
+    if not args.render_only:
+        save_results(name, measure(args), args.out)
+    return publish(name, render, args.out)
 
 
 def provenance() -> dict:

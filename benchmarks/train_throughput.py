@@ -705,10 +705,7 @@ def render(results) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if not args.render_only:
-        common.save_results(SECTION, measure(args), args.out)
-    common.publish(SECTION, render, args.out)
+    common.measure_and_publish(SECTION, parse_args(argv), measure, render)
     return 0
 
 
