@@ -418,7 +418,7 @@ def graph_check(imuge, files):
     import tensorflow as tf
 
     from imuge_tf.export import _ServingGraph
-    from imuge_tf.serve import _tf_message
+    from imuge_tf.serve import tf_error_message
 
     decode = tf.function(_ServingGraph(imuge)._decode,
                          input_signature=[tf.TensorSpec([], tf.string)])
@@ -431,7 +431,7 @@ def graph_check(imuge, files):
             shape = decode(tf.constant(data)).shape.as_list()
             outcome = f"decoded to {shape}"
         except tf.errors.InvalidArgumentError as error:
-            outcome = _tf_message(error)
+            outcome = tf_error_message(error)
         figures[name] = {"outcome": outcome, "seconds": round(time.monotonic() - started, 3),
                          "peak_growth_mb": round(own_peak_mb() - before, 1)}
     return figures

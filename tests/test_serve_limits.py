@@ -25,6 +25,7 @@ import socket
 import struct
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -513,32 +514,41 @@ def test_connections_over_the_cap_get_503_with_retry_after(model, photo):
         assert_serving(server, photo)
 
 
-@pytest.mark.slow
-def test_predicts_over_the_cap_get_503_with_retry_after(model, photo, monkeypatch):
-    # The model is made slow by wrapping its predict: the first request holds the only
-    # running place until released, the second waits in the queue's one place.
-    entered, release = threading.Event(), threading.Event()
+@pytest.fixture
+def slowed_predict(model, monkeypatch):
+    """The model's predict made to wait: each call sets `entered`, then waits for `release`
+    (at most 30 s) before predicting, so that a test decides when a predict's place frees."""
+    gate = types.SimpleNamespace(entered=threading.Event(), release=threading.Event())
     original = model.predict
 
     def slow(body, **limits):
-        entered.set()
-        release.wait(timeout=30)
+        gate.entered.set()
+        gate.release.wait(timeout=30)
         return original(body, **limits)
 
     monkeypatch.setattr(model, "predict", slow)
+    yield gate
+    gate.release.set()  # no predict thread is left waiting after a failed test
+
+
+@pytest.mark.slow
+def test_predicts_over_the_cap_get_503_with_retry_after(model, photo, monkeypatch,
+                                                        slowed_predict):
+    # The first request holds the only running place until released, the second waits in
+    # the queue's one place.
     blob = encode(photo)
     with running(model, max_predicts=1, max_queued=1, max_connections=8) as server:
         results = []
         first = threading.Thread(target=lambda: results.append(predict(server, [blob])))
         first.start()
-        assert entered.wait(timeout=30)
+        assert slowed_predict.entered.wait(timeout=30)
         second = threading.Thread(target=lambda: results.append(predict(server, [blob])))
         second.start()
         wait_for(lambda: server.slots._admitted == 2)
         status, headers, body = predict(server, [blob])
         assert status == 503, body
         assert headers.get("Retry-After") == "1" and "busy" in body["error"]
-        release.set()
+        slowed_predict.release.set()
         first.join(timeout=60)
         second.join(timeout=60)
         assert sorted(result[0] for result in results) == [200, 200]
@@ -566,15 +576,7 @@ def test_slow_bodies_hold_no_predict_place_and_bodies_being_read_have_a_budget(m
 
 
 @pytest.mark.slow
-def test_a_waiting_predict_gives_up_after_the_timeout(model, photo, monkeypatch):
-    release = threading.Event()
-    original = model.predict
-
-    def slow(body, **limits):
-        release.wait(timeout=30)
-        return original(body, **limits)
-
-    monkeypatch.setattr(model, "predict", slow)
+def test_a_waiting_predict_gives_up_after_the_timeout(model, photo, slowed_predict):
     blob = encode(photo)
     with running(model, max_predicts=1, max_queued=4, timeout=1.0) as server:
         results = []
@@ -583,7 +585,7 @@ def test_a_waiting_predict_gives_up_after_the_timeout(model, photo, monkeypatch)
         wait_for(lambda: server.slots._busy == 1)
         status, headers, body = predict(server, [blob])
         assert status == 503 and headers.get("Retry-After") == "1", body
-        release.set()
+        slowed_predict.release.set()
         first.join(timeout=60)
         assert results[0][0] == 200
 
@@ -738,15 +740,16 @@ def test_clients_that_go_away_cost_one_line_and_no_traceback(model, photo, capfd
 
 
 def test_memory_is_handed_back_when_the_last_predict_ends(monkeypatch):
-    from imuge_tf import serve
+    from imuge_tf.serve import limits
 
     trimmed = []
-    monkeypatch.setattr(serve, "release_memory", lambda: trimmed.append(1))
-    slots = serve.PredictSlots(running=2, queued=0)
+    # Patched where PredictSlots looks it up: the module that defines both.
+    monkeypatch.setattr(limits, "release_memory", lambda: trimmed.append(1))
+    slots = limits.PredictSlots(running=2, queued=0)
     with slots.admitted(), slots.turn(1):
         with slots.admitted(), slots.turn(1):
             pass
         assert trimmed == []
     assert trimmed == [1]
-    if serve._MALLOC_TRIM is not None:  # the real call, where the C library has it
-        assert serve._MALLOC_TRIM(0) in (0, 1)
+    if limits._MALLOC_TRIM is not None:  # the real call, where the C library has it
+        assert limits._MALLOC_TRIM(0) in (0, 1)
