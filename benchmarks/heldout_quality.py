@@ -1,40 +1,55 @@
 """Quality of a trained work directory on held-out photos, through the training attack layer.
 
     python benchmarks/heldout_quality.py --workdir runs/demo --data HELDOUT_DIR [--batches 8]
+        [--out DIR]
+    python benchmarks/heldout_quality.py --render-only
 
 Restores the latest checkpoint of the work directory and runs the full data flow at the last
 progressive stage on photos the run never saw, with the attacks of its config. Reports, as
 medians over batches:
 
 - PSNR(I, I_M): how invisible the immunization is;
-- verifier pixel F1 (threshold 0.5) and BCE against the true mask;
+- verifier pixel F1 (threshold 0.5, pooled over the batch) and BCE against the true mask;
 - L-PSNR: PSNR of the recovered image inside the true tampered area, with the decoder given
   the predicted mask (the inference path) and the true mask (as in task decoupling);
 - the same L-PSNR when the photo was never immunized (the encoder skipped): the difference is
   the "Imuge effect", what the hidden information adds over plain inpainting.
 
-Figures go to the `heldout_quality` section of BENCHMARKS.md unless --no-write.
+The figures go to benchmarks/results/heldout_quality.json, and the `heldout_quality` section
+of BENCHMARKS.md is rendered from that file (`--render-only` re-renders it without measuring).
 """
+
+from __future__ import annotations
 
 import argparse
 import os
 import statistics
 import sys
 
-import numpy as np
-import tensorflow as tf
-import yaml
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import command_line, load_average, machine_facts, update_section, utc_now  # noqa: E402
+import common  # noqa: E402  (quietens TensorFlow before it is imported)
 
-from imuge_tf.config import config_from_dict  # noqa: E402
-from imuge_tf.data import make_dataset  # noqa: E402
-from imuge_tf.metrics import masked_psnr, psnr  # noqa: E402
-from imuge_tf.models.factory import build_imuge, compile_imuge  # noqa: E402
+NAME = "heldout_quality"
+# Key in the results -> row label, in the section's row order.
+MEASURES = (
+    ("l_psnr_predicted_mask", "L-PSNR, predicted mask"),
+    ("psnr_immunized", "PSNR(I, I_M)"),
+    ("verifier_f1", "verifier F1"),
+    ("verifier_bce", "verifier BCE"),
+    ("psnr_recovered", "PSNR(I, I_R)"),
+    ("l_psnr_true_mask", "L-PSNR, true mask"),
+    ("l_psnr_never_immunized", "L-PSNR, true mask, never immunized"),
+    ("imuge_effect", "Imuge effect (dB)"),
+)
 
 
 def restore(workdir):
+    import tensorflow as tf
+    import yaml
+
+    from imuge_tf.config import config_from_dict
+    from imuge_tf.models.factory import build_imuge, compile_imuge
+
     with open(os.path.join(workdir, "config.yaml"), encoding="utf-8") as stream:
         config = config_from_dict(yaml.safe_load(stream))
     model = compile_imuge(build_imuge(config), config)
@@ -47,82 +62,102 @@ def restore(workdir):
     return config, model, path
 
 
-def pixel_f1(predicted, true):
-    predicted, true = np.asarray(predicted) > 0.5, np.asarray(true) > 0.5
-    tp = np.logical_and(predicted, true).sum()
-    denominator = predicted.sum() + true.sum()
-    return 1.0 if denominator == 0 else 2.0 * tp / denominator
-
-
-def measure(model, batch):
+def measure_batch(model, batch) -> dict:
     """Figures of one batch, with and without immunization (same attacks and masks)."""
+    import tensorflow as tf
+
+    from imuge_tf import scoring
+    from imuge_tf.metrics import masked_psnr, psnr
+
     stage, alpha = tf.constant(4), tf.constant(1.0)
-    figures = {}
-    for label, decoupled in (("predicted mask", False), ("true mask", True)):
-        outputs = model.forward(batch, stage, alpha, tf.constant(decoupled))
+
+    def local_psnr(outputs):
+        # Mean over the samples that have a tampered area; the others carry no L-PSNR.
         local, has_area = masked_psnr(batch["image"], outputs["recovered"], outputs["true_mask"])
-        figures[f"L-PSNR, {label}"] = float(tf.reduce_sum(local) / tf.reduce_sum(has_area))
-        if not decoupled:
-            figures["PSNR(I, I_M)"] = float(tf.reduce_mean(psnr(batch["image"],
-                                                                outputs["immunized"])))
-            figures["verifier F1"] = pixel_f1(outputs["predicted_mask"], outputs["true_mask"])
-            bce = tf.keras.losses.binary_crossentropy(outputs["true_mask"],
-                                                      outputs["predicted_mask"])
-            figures["verifier BCE"] = float(tf.reduce_mean(bce))
-            figures["PSNR(I, I_R)"] = float(tf.reduce_mean(psnr(batch["image"],
-                                                                outputs["recovered"])))
+        return float(tf.reduce_sum(local) / tf.reduce_sum(has_area))
+
+    outputs = model.forward(batch, stage, alpha, tf.constant(False))
+    bce = tf.keras.losses.binary_crossentropy(outputs["true_mask"], outputs["predicted_mask"])
+    figures = {
+        "l_psnr_predicted_mask": local_psnr(outputs),
+        "psnr_immunized": float(tf.reduce_mean(psnr(batch["image"], outputs["immunized"]))),
+        "verifier_f1": scoring.pooled_f1(outputs["predicted_mask"].numpy(),
+                                         outputs["true_mask"].numpy()),
+        "verifier_bce": float(tf.reduce_mean(bce)),
+        "psnr_recovered": float(tf.reduce_mean(psnr(batch["image"], outputs["recovered"]))),
+        "l_psnr_true_mask": local_psnr(model.forward(batch, stage, alpha, tf.constant(True))),
+    }
     # Never immunized: the encoder is bypassed, everything else is the same.
     encoder_call = model.immunize
     model.immunize = lambda images, training=False: images
     try:
-        outputs = model.forward(batch, stage, alpha, tf.constant(True))
+        never = model.forward(batch, stage, alpha, tf.constant(True))
     finally:
         model.immunize = encoder_call
-    local, has_area = masked_psnr(batch["image"], outputs["recovered"], outputs["true_mask"])
-    figures["L-PSNR, true mask, never immunized"] = float(
-        tf.reduce_sum(local) / tf.reduce_sum(has_area))
-    figures["Imuge effect (dB)"] = (figures["L-PSNR, true mask"]
-                                    - figures["L-PSNR, true mask, never immunized"])
+    figures["l_psnr_never_immunized"] = local_psnr(never)
+    figures["imuge_effect"] = figures["l_psnr_true_mask"] - figures["l_psnr_never_immunized"]
     return figures
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--data", required=True, help="folder of held-out photos")
-    parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
+def measure(args) -> dict:
+    from imuge_tf.data import make_dataset
 
     config, model, path = restore(args.workdir)
     dataset, stats = make_dataset(args.data, image_size=config.model.image_size,
                                   batch_size=config.train.batch_size, seed=12345)
-    rows = [measure(model, batch) for batch in dataset.take(args.batches)]
-    medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    rows = [measure_batch(model, batch) for batch in dataset.take(args.batches)]
+    return {
+        "date": common.utc_now(),
+        "command": common.command_line(),
+        "machine": common.machine_facts(),
+        "load_average": common.load_average(),
+        "config": config.name,
+        "checkpoint": os.path.basename(path),
+        "step": int(model.optimizer.iterations.numpy()),
+        "photos": stats.loaded,
+        "data": args.data,
+        "batches": len(rows),
+        "batch_size": config.train.batch_size,
+        "medians": {key: statistics.median(row[key] for row in rows) for key, _ in MEASURES},
+    }
 
-    step = int(model.optimizer.iterations.numpy())
+
+def render(results) -> str:
+    machine = ", ".join(f"{key} {value}" for key, value in results["machine"].items())
     lines = [
         "## Held-out quality (`benchmarks/heldout_quality.py`)",
         "",
-        f"- work directory: config `{config.name}`, checkpoint `{os.path.basename(path)}` "
-        f"(step {step})",
-        f"- held-out photos: {stats.loaded} from `{args.data}` (never trained on); "
-        f"{args.batches} batches of {config.train.batch_size}, the config's training attacks "
-        "(one tamper + one benign attack per sample, some skipped), last progressive stage",
-        f"- date: {utc_now()}; machine: "
-        + ", ".join(f"{k} {v}" for k, v in machine_facts().items())
-        + f"; load average {load_average()}",
-        f"- command: `{command_line()}`",
+        f"- work directory: config `{results['config']}`, checkpoint `{results['checkpoint']}`"
+        f" (step {results['step']})",
+        f"- held-out photos: {results['photos']} from `{results['data']}` (never trained on); "
+        f"{results['batches']} batches of {results['batch_size']}, the config's training "
+        "attacks (one tamper + one benign attack per sample, some skipped), last progressive "
+        "stage",
+        f"- date: {results['date']}; machine: {machine}; load average "
+        f"{results['load_average']}",
+        f"- command: `{results['command']}`",
         "",
-        "| measure | median over batches |",
-        "|---|---|",
+        common.markdown_table(["measure", "median over batches"],
+                              [[label, f"{results['medians'][key]:.3f}"]
+                               for key, label in MEASURES]),
     ]
-    lines += [f"| {key} | {value:.3f} |" for key, value in medians.items()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        update_section("heldout_quality", text)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", help="training work directory (with checkpoints/)")
+    parser.add_argument("--data", help="folder of held-out photos")
+    parser.add_argument("--batches", type=int, default=8)
+    common.add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.render_only:
+        if not (args.workdir and args.data):
+            parser.error("--workdir and --data are needed unless --render-only")
+        common.save_results(NAME, measure(args), args.out)
+    common.publish(NAME, render, args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
