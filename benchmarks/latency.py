@@ -1,7 +1,8 @@
 """Latency of the deployables: the working-scale encoder per runtime and the served verifier +
 decoder (the 12-megapixel figures, camera model included, are benchmarks/native_quality.py's).
 
-    python benchmarks/latency.py [--model PATH] [--repeats 7] [--sizes 128 256] [--no-write]
+    python benchmarks/latency.py [--model PATH] [--repeats 7] [--sizes 128 256] [--out DIR]
+    python benchmarks/latency.py --render-only
 
 - Encoder, one 1 x S x S x 3 image, at each --sizes (the networks are fully convolutional, so
   the same weights run at 256 px; the TFLite models are converted at each size): Keras (eager
@@ -13,9 +14,12 @@ decoder (the 12-megapixel figures, camera model included, are benchmarks/native_
 
 Every figure is the median of --repeats timed runs after warm-up runs (the range is shown).
 The model: --model, else the shipped demo weights, else a freshly built *untrained*
-demo-config model (said in the output; latency does not depend on training). Results go to the
-`latency` section of BENCHMARKS.md unless --no-write.
+demo-config model (said in the output; latency does not depend on training). The figures go
+to benchmarks/results/latency.json, and the `latency` section of BENCHMARKS.md is rendered
+from that file (`--render-only` re-renders it without measuring).
 """
+
+from __future__ import annotations
 
 import argparse
 import io
@@ -24,22 +28,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (  # noqa: E402
-    command_line,
-    load_average,
-    log,
-    machine_facts,
-    markdown_table,
-    spread,
-    update_section,
-    usable_cpus,
-    utc_now,
-)
+import common  # noqa: E402  (quietens TensorFlow before it is imported)
 
-SECTION = "latency"
+NAME = "latency"
 WARMUP = 2
 
 
@@ -59,7 +51,7 @@ def resolve_model(path, scratch):
     from imuge_tf.models.factory import build_imuge
     from imuge_tf.training import save_inference_networks
 
-    log("no shipped weights: building an untrained demo-config model")
+    common.log("no shipped weights: building an untrained demo-config model")
     config = load_config("demo")
     folder = os.path.join(scratch, "untrained-demo")
     save_inference_networks(build_imuge(config), config, folder, step=0)
@@ -68,8 +60,9 @@ def resolve_model(path, scratch):
                                 "the model's quality")
 
 
-def timed(function, repeats, inner=1, warmup=WARMUP):
-    """Spread of the seconds per call of `function` (each run: `inner` calls, averaged)."""
+def timed(function, repeats, inner=1, warmup=WARMUP) -> dict:
+    """Milliseconds per call of `function` over `repeats` runs (each run: `inner` calls,
+    averaged): median, low, high."""
     for _ in range(warmup):
         function()
     runs = []
@@ -77,38 +70,20 @@ def timed(function, repeats, inner=1, warmup=WARMUP):
         start = time.perf_counter()
         for _ in range(inner):
             function()
-        runs.append((time.perf_counter() - start) / inner)
-    return spread(runs)
+        runs.append(1000.0 * (time.perf_counter() - start) / inner)
+    result = common.spread(runs)
+    return {"median": result.median, "low": result.low, "high": result.high}
 
 
-def ms(result):
-    return f"{1000 * result.median:.1f} ms ({1000 * result.low:.1f}-{1000 * result.high:.1f})"
-
-
-def per_second(result, count):
-    return f"{count / result.median:.1f} img/s ({count / result.high:.1f}-{count / result.low:.1f})"
-
-
-def encoder_rows(imuge, sizes, repeats, threads, scratch):
-    import tensorflow as tf
-
-    compiled = tf.function(lambda x: imuge.pipeline.encoder(x, training=False))
-    rows = []
-    for size in sizes:
-        results = encoder_at(imuge, compiled, size, repeats, threads, scratch)
-        rows += [[f"{size} x {size}", name, ms(result)] for name, result in results.items()]
-    return rows
-
-
-def encoder_at(imuge, compiled, size, repeats, threads, scratch):
-    """{runtime: Spread} of the encoder on one 1 x size x size x 3 image."""
+def encoder_at(imuge, compiled, size, repeats, threads, scratch) -> list[dict]:
+    """The encoder on one 1 x size x size x 3 image, per runtime."""
     import tensorflow as tf
 
     from imuge_tf import export as ex
 
     image = ex.representative_images(size, count=1)[0]
     tensor = tf.constant(image)
-    log(f"encoder at {size} px: Keras")
+    common.log(f"encoder at {size} px: Keras")
     results = {
         "Keras (eager call)": timed(lambda: imuge.pipeline.encoder(tensor, training=False).numpy(),
                                     repeats, inner=3),
@@ -117,24 +92,25 @@ def encoder_at(imuge, compiled, size, repeats, threads, scratch):
     saved = ex.save_encoder(imuge.pipeline.encoder, size,
                             os.path.join(scratch, f"encoder-{size}"))
     serve = tf.saved_model.load(saved).signatures["serving_default"]
-    log(f"encoder at {size} px: SavedModel")
+    common.log(f"encoder at {size} px: SavedModel")
     results["SavedModel (serving_default)"] = timed(
         lambda: serve(image=tensor)["residual"].numpy(), repeats, inner=3)
     for variant in ("fp32", "fp16", "dynamic"):
-        log(f"encoder at {size} px: TFLite {variant}")
+        common.log(f"encoder at {size} px: TFLite {variant}")
         runner = ex.TFLiteEncoder(ex.convert_saved_model(saved, variant), num_threads=threads)
         results[f"TFLite {variant}"] = timed(lambda r=runner: r(image), repeats, inner=3)
-    return results
+    return [{"size": size, "runtime": runtime, "ms": ms} for runtime, ms in results.items()]
 
 
-def serving_rows(imuge, repeats, batch, scratch):
+def measure_serving(imuge, repeats, batch, scratch) -> dict:
+    import numpy as np
     import tensorflow as tf
     from PIL import Image
 
     from imuge_tf import export as ex
     from imuge_tf.samples import sample_photos
 
-    log("verifier + decoder: exporting the serving SavedModel")
+    common.log("verifier + decoder: exporting the serving SavedModel")
     version = ex.save_serving_model(imuge, os.path.join(scratch, "serving", "1"))
     signatures = tf.saved_model.load(version).signatures
     photos = sample_photos()
@@ -143,7 +119,6 @@ def serving_rows(imuge, repeats, batch, scratch):
         buffer = io.BytesIO()
         Image.fromarray(photo).save(buffer, format="PNG")
         blobs.append(buffer.getvalue())
-    shapes = sorted({f"{p.shape[1]}x{p.shape[0]}" for p in photos})
     batch_blobs = [blobs[i % len(blobs)] for i in range(batch)]
     serve = signatures["serving_default"]
 
@@ -151,35 +126,125 @@ def serving_rows(imuge, repeats, batch, scratch):
         for blob in batch_blobs:
             serve(images=tf.constant([blob]))["verdict"].numpy()
 
-    log("verifier + decoder: serving_default")
+    common.log("verifier + decoder: serving_default")
     one = timed(one_by_one, repeats, warmup=1)
     many = timed(lambda: serve(images=tf.constant(batch_blobs))["verdict"].numpy(), repeats)
     working = tf.constant(np.concatenate(ex.representative_images(imuge.image_size,
                                                                   count=batch)))
     tensor = signatures["verify_tensor"]
-    log("verifier + decoder: verify_tensor")
+    common.log("verifier + decoder: verify_tensor")
     tensor_many = timed(lambda: tensor(images=working)["verdict"].numpy(), repeats)
-    log("verifier + decoder: the Keras facade")
+    common.log("verifier + decoder: the Keras facade")
 
     def facade():
         for photo in photos[:batch]:
             result = imuge.verify(photo)
             imuge.recover(photo, result)
 
+    # Fewer runs: the facade is the slowest call and is only there for comparison.
     keras_many = timed(facade, max(1, repeats // 2), warmup=1)
     count = min(batch, len(photos))
-    return [
-        [f"serving_default, the same {batch} PNGs one per call", ms(one),
-         per_second(one, batch)],
-        [f"serving_default, batch of {batch} PNGs", ms(many), per_second(many, batch)],
-        [f"verify_tensor, batch of {batch} ({imuge.image_size} px floats)", ms(tensor_many),
-         per_second(tensor_many, batch)],
-        [f"Keras facade (verify + recover), {count} photos one by one", ms(keras_many),
-         per_second(keras_many, count)],
-    ], shapes
+    return {
+        "photo_sizes": sorted({f"{p.shape[1]}x{p.shape[0]}" for p in photos}),
+        "calls": [
+            {"call": f"serving_default, the same {batch} PNGs one per call", "images": batch,
+             "ms": one},
+            {"call": f"serving_default, batch of {batch} PNGs", "images": batch, "ms": many},
+            {"call": f"verify_tensor, batch of {batch} ({imuge.image_size} px floats)",
+             "images": batch, "ms": tensor_many},
+            {"call": f"Keras facade (verify + recover), {count} photos one by one",
+             "images": count, "ms": keras_many},
+        ],
+    }
 
 
-def main(argv=None):
+def measure(args) -> dict:
+    import tensorflow as tf
+
+    threads = args.threads or common.usable_cpus()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="imuge-latency-") as scratch:
+        imuge, description = resolve_model(args.model, scratch)
+        sizes = args.sizes or sorted({imuge.image_size, 256})
+        common.log(f"model: {description}")
+        compiled = tf.function(lambda x: imuge.pipeline.encoder(x, training=False))
+        encoder = []
+        for size in sizes:
+            encoder += encoder_at(imuge, compiled, size, args.repeats, threads, scratch)
+        serving = measure_serving(imuge, args.repeats, args.batch, scratch)
+    return {
+        "date": common.utc_now(),
+        "command": common.command_line(),
+        "seconds": time.monotonic() - started,
+        "machine": common.machine_facts(),
+        "load_average": common.load_average(),
+        "model": description,
+        "image_size": imuge.image_size,
+        "repeats": args.repeats,
+        "warmup": WARMUP,
+        "tflite_threads": threads,
+        "encoder": encoder,
+        "serving": serving,
+    }
+
+
+def ms(figure) -> str:
+    return f"{figure['median']:.1f} ms ({figure['low']:.1f}-{figure['high']:.1f})"
+
+
+def per_second(figure, count) -> str:
+    return (f"{1000 * count / figure['median']:.1f} img/s ({1000 * count / figure['high']:.1f}"
+            f"-{1000 * count / figure['low']:.1f})")
+
+
+def render(results) -> str:
+    facts = results["machine"]
+    earlier = results.get("immunize_12mp")
+    lines = [
+        "## Latency: encoder runtimes, served verifier + decoder"
+        + (", 12 MP immunization" if earlier else ""),
+        "",
+        f"Measured {results['date']} by `{results['command']}` in {results['seconds']:.0f} s.",
+        f"Model: {results['model']}; working size {results['image_size']}. Medians of "
+        f"{results['repeats']} timed runs after {results['warmup']} warm-up runs (range in "
+        f"brackets); TFLite with {results['tflite_threads']} interpreter thread(s) and its "
+        "default XNNPACK delegate, TensorFlow with its default thread pools.",
+        f"Machine: {facts['cpu']}, {facts['cpus']} CPUs, load {results['load_average']} at the "
+        f"end; TensorFlow {facts.get('tensorflow')}, Keras {facts.get('keras')}. On a machine "
+        "shared with other jobs the figures are upper bounds.",
+        "",
+        "### Encoder, one image",
+        "",
+        common.markdown_table(["input", "runtime", "latency"],
+                              [[f"{row['size']} x {row['size']}", row["runtime"], ms(row["ms"])]
+                               for row in results["encoder"]]),
+        "",
+        "### Verifier + decoder (the TF Serving SavedModel, called in process)",
+        "",
+        f"Bundled photos ({', '.join(results['serving']['photo_sizes'])} px) as PNG bytes: "
+        "decoding, resizing, both networks, Otsu + opening, PNG encoding of mask and recovered "
+        "photo at full size.",
+        "",
+        common.markdown_table(["call", "time", "throughput"],
+                              [[row["call"], ms(row["ms"]), per_second(row["ms"], row["images"])]
+                               for row in results["serving"]["calls"]]),
+    ]
+    if earlier:
+        # Kept from the JSON as measured: this script no longer times 12 MP photos, so a new
+        # measurement drops the part.
+        lines += [
+            "",
+            f"### Immunizing a 12-megapixel photo ({earlier['photo']})",
+            "",
+            f"{earlier['what']} {earlier['note']}",
+            "",
+            common.markdown_table(["step", "time"],
+                                  [[row["step"], ms(row["ms"])] for row in earlier["steps"]]),
+        ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, metavar="PATH",
                         help="work directory or inference/ folder (default: shipped weights, "
@@ -190,46 +255,11 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8, help="serving batch size")
     parser.add_argument("--threads", type=int, default=None,
                         help="TFLite interpreter threads (default: the usable CPUs)")
-    parser.add_argument("--no-write", action="store_true",
-                        help="print only, leave BENCHMARKS.md alone")
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    threads = args.threads or usable_cpus()
-
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="imuge-latency-") as scratch:
-        imuge, description = resolve_model(args.model, scratch)
-        sizes = args.sizes or sorted({imuge.image_size, 256})
-        log(f"model: {description}")
-        encoder = encoder_rows(imuge, sizes, args.repeats, threads, scratch)
-        serving, shapes = serving_rows(imuge, args.repeats, args.batch, scratch)
-
-    facts = machine_facts()
-    body = "\n".join([
-        "## Latency: encoder runtimes, served verifier + decoder",
-        "",
-        f"Measured {utc_now()} by `{command_line()}` in {time.monotonic() - started:.0f} s.",
-        f"Model: {description}; working size {imuge.image_size}. Medians of {args.repeats} "
-        f"timed runs after {WARMUP} warm-up runs (range in brackets); TFLite with {threads} "
-        "interpreter thread(s) and its default XNNPACK delegate, TensorFlow with its default "
-        "thread pools.",
-        f"Machine: {facts['cpu']}, {facts['cpus']} CPUs, load {load_average()} at the end; "
-        f"TensorFlow {facts.get('tensorflow')}, Keras {facts.get('keras')}. On a machine "
-        "shared with other jobs the figures are upper bounds.",
-        "",
-        "### Encoder, one image",
-        "",
-        markdown_table(["input", "runtime", "latency"], encoder),
-        "",
-        "### Verifier + decoder (the TF Serving SavedModel, called in process)",
-        "",
-        f"Bundled photos ({', '.join(shapes)} px) as PNG bytes: decoding, resizing, both "
-        "networks, Otsu + opening, PNG encoding of mask and recovered photo at full size.",
-        "",
-        markdown_table(["call", "time", "throughput"], serving),
-    ])
-    print(body)
-    if not args.no_write:
-        log(f"wrote {update_section(SECTION, body)}")
+    if not args.render_only:
+        common.save_results(NAME, measure(args), args.out)
+    common.publish(NAME, render, args.out)
     return 0
 
 
