@@ -82,16 +82,6 @@ def _crop(image, share, rng):
     return image[top:top + crop_h, left:left + crop_w], (top, left)
 
 
-def _f1(predicted, truth):
-    hits = float(np.logical_and(predicted, truth).sum())
-    return 2.0 * hits / max(1.0, float(predicted.sum() + truth.sum()))
-
-
-def _l_psnr(original, recovered, mask):
-    error = original[mask].astype(np.float64) - recovered[mask].astype(np.float64)
-    return float(10.0 * np.log10(255.0**2 / max(np.mean(error**2), 1e-10)))
-
-
 def carrier_forgery(photo):
     """The public carrier pattern (its seed is in the source), 4 levels, upsampled from the
     working scale to the photo, added to a never-immunized photo."""
@@ -109,6 +99,7 @@ def carrier_forgery(photo):
 
 
 def evaluate_photo(owner, other, demo, name, photo, donor, seed):
+    from imuge_tf import scoring
     from imuge_tf.inference import AlreadyImmunizedError
 
     rng = np.random.default_rng(seed)
@@ -151,7 +142,7 @@ def evaluate_photo(owner, other, demo, name, photo, donor, seed):
         tampered = tamper(kind, immunized, donor, truth, rng)
         for processing, image in (("lossless", tampered), ("JPEG 75", jpeg(tampered, 75))):
             result = verify("tampered", f"{kind}, {processing}", image)
-            cases[-1]["f1"] = _f1(result.mask, truth)
+            cases[-1]["f1"] = scoring.f1(result.mask, truth)
     # A paste, then a crop (top-left cut, off the 8 x 8 grid) or a quarter turn: found where
     # it is, and recovered (L-PSNR inside the true tamper, in the received frame).
     truth = object_mask(height, width, rng)
@@ -163,8 +154,8 @@ def evaluate_photo(owner, other, demo, name, photo, donor, seed):
             ("paste, rotation 90", np.rot90(pasted).copy(), np.rot90(truth), np.rot90(photo))):
         result = verify("tampered", processing, image)
         recovered = owner.recover(image, result)
-        cases[-1].update(f1=_f1(result.mask, image_truth),
-                         l_psnr=_l_psnr(original, recovered, image_truth))
+        cases[-1].update(f1=scoring.f1(result.mask, image_truth),
+                         l_psnr=scoring.l_psnr(original, recovered, image_truth))
 
     verify("forgery", "public carrier pattern on a never-immunized photo",
            carrier_forgery(photo))
