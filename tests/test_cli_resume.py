@@ -22,6 +22,7 @@ from PIL import Image
 from imuge_tf import cli
 from imuge_tf import io as imuge_io
 from imuge_tf.cli import batch as cli_batch
+from imuge_tf.io import atomic
 
 model_dir = test_cli.model_dir  # the same fixture
 BATCH = 8
@@ -115,8 +116,8 @@ def test_skip_existing_skips_complete_photos_and_redoes_missing_ones(
     assert main("immunize", batch, "--out", out, "--model", model_dir) == 0
     kept = {name: os.stat(out / name) for name in reference if name != "photo3.png"}
     os.remove(out / "photo3.png")
-    stale = imuge_io._temporary_path(out / "photo3.png", pid=dead_pid())
-    running = imuge_io._temporary_path(out / "photo5.png")  # this process's, still running
+    stale = atomic._temporary_path(out / "photo3.png", pid=dead_pid())
+    running = atomic._temporary_path(out / "photo5.png")  # this process's, still running
     for path in (stale, running):
         with open(path, "wb") as stream:
             stream.write(b"half a PNG")

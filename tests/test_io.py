@@ -18,6 +18,7 @@ from imuge_tf import io as imuge_io
 from imuge_tf.io import (
     ImageReadError,
     ImageWriteError,
+    atomic,
     mask_to_image,
     overlay,
     read_image,
@@ -437,14 +438,14 @@ def test_stale_partials_of_dead_processes_are_removed(tmp_path):
     # A process killed with SIGKILL while writing its temporary file.
     child = subprocess.run(
         [sys.executable, "-c",
-         "import os, signal, sys\nfrom imuge_tf import io\n"
-         "handle, path = io._create_temporary(sys.argv[1])\nos.write(handle, b'half')\n"
+         "import os, signal, sys\nfrom imuge_tf.io import atomic\n"
+         "handle, path = atomic._create_temporary(sys.argv[1])\nos.write(handle, b'half')\n"
          "os.kill(os.getpid(), signal.SIGKILL)", str(target)], timeout=60)
     assert child.returncode == -signal.SIGKILL
     (killed,) = os.listdir(tmp_path)
-    dead = imuge_io._temporary_path(target, pid=dead_pid())
-    live = imuge_io._temporary_path(target)  # this process's: still running
-    host = imuge_io._host_tag()
+    dead = atomic._temporary_path(target, pid=dead_pid())
+    live = atomic._temporary_path(target)  # this process's: still running
+    host = atomic._host_tag()
     elsewhere = live.replace(f".{host}-", ".00000000-" if host != "00000000" else ".11111111-")
     older_naming = str(tmp_path / ".x.png.k3j2_x9a.partial")  # no pid: whose is unknown
     unrelated = str(tmp_path / ".x.png")
