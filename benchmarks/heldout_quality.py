@@ -151,11 +151,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=8)
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not args.render_only:
-        if not (args.workdir and args.data):
-            parser.error("--workdir and --data are needed unless --render-only")
-        common.save_results(NAME, measure(args), args.out)
-    common.publish(NAME, render, args.out)
+    if not args.render_only and not (args.workdir and args.data):
+        parser.error("--workdir and --data are needed unless --render-only")
+    common.measure_and_publish(NAME, args, measure, render)
     return 0
 
 

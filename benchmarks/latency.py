@@ -257,9 +257,7 @@ def main(argv=None) -> int:
                         help="TFLite interpreter threads (default: the usable CPUs)")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not args.render_only:
-        common.save_results(NAME, measure(args), args.out)
-    common.publish(NAME, render, args.out)
+    common.measure_and_publish(NAME, args, measure, render)
     return 0
 
 
