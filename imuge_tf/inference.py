@@ -293,7 +293,7 @@ class Imuge:
         if self._graphs is None:
             import tensorflow as tf
 
-            from imuge_tf.pipeline import InferencePipeline
+            from imuge_tf.pipeline import InferencePipeline, pipeline_function
 
             pipeline = InferencePipeline(
                 self.encoder, self.verifier, self.decoder, image_size=self.image_size,
@@ -301,15 +301,15 @@ class Imuge:
                 key=self.key, network_thresholds=self.thresholds, refiner=self.refiner)
             photo = tf.TensorSpec([1, None, None, 3], tf.float32)
             mask = tf.TensorSpec([1, None, None, 1], tf.float32)
+            graph = pipeline_function
             self._graphs = (
                 pipeline,
-                tf.function(pipeline.immunize, input_signature=[photo]),
-                tf.function(pipeline.analyse, input_signature=[photo]),
-                tf.function(pipeline.recover, input_signature=[
-                    photo, mask, mask, tf.TensorSpec([], tf.int32),
-                    tf.TensorSpec([2], tf.int32)]),
-                tf.function(pipeline.recovery_mask, input_signature=[mask]),
-                tf.function(pipeline.is_immunized, input_signature=[photo]),
+                graph(pipeline.immunize, [photo]),
+                graph(pipeline.analyse, [photo]),
+                graph(pipeline.recover, [photo, mask, mask, tf.TensorSpec([], tf.int32),
+                                         tf.TensorSpec([2], tf.int32)]),
+                graph(pipeline.recovery_mask, [mask]),
+                graph(pipeline.is_immunized, [photo]),
             )
         return self._graphs
 

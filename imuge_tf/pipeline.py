@@ -99,6 +99,19 @@ RESAMPLED_SHARPENING = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0)
 RESAMPLED_THRESHOLDS = {"intact_max_fraction": 0.01, "not_immunized_min_fraction": 0.9}
 
 
+def pipeline_function(method, input_signature):
+    """`method` of the pipeline as a tf.function over `input_signature`, without AutoGraph.
+
+    The pipeline is written with explicit `tf.cond` / `tf.while_loop` and Python control flow
+    only over Python values, so AutoGraph has nothing to convert; left on, it re-parses and
+    rewrites the source of every function the trace reaches, which is most of a first call's
+    cost (BENCHMARKS.md, `cli_startup`). The facade builds its graphs with this function; the
+    serving graph and the camera model get the same from `keras.export.ExportArchive`, which
+    traces its endpoints without AutoGraph too.
+    """
+    return tf.function(method, input_signature=input_signature, autograph=False)
+
+
 def learned_residual(encoder):
     """The encoder's learned residual: the model up to its fixed carrier (`CarrierEmbedding`)
     or hidden-thumbnail (`ThumbnailHiding`) layer, sharing its weights; the encoder itself
