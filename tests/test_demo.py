@@ -19,6 +19,7 @@ def imuge(untrained_model_dir):
     return Imuge.load(untrained_model_dir)
 
 
+@pytest.mark.slow
 def test_demo_writes_the_panel_figure_and_returns_scores(imuge, tmp_path):
     metrics = run_demo(imuge, str(tmp_path / "demo"), progress=False)
     with Image.open(tmp_path / "demo" / "demo.png") as figure:
@@ -42,6 +43,7 @@ def test_demo_writes_the_panel_figure_and_returns_scores(imuge, tmp_path):
     assert metrics["verdict"] in text and "Telea" in text and "as PNG" in text
 
 
+@pytest.mark.slow
 def test_imuge_demo_overwrites_its_own_folder_only(untrained_model_dir, tmp_path, capsys):
     from imuge_tf import cli
     from imuge_tf.cli.model_commands import DEMO_MARKER

@@ -91,6 +91,7 @@ def test_telea_fills_only_inside_the_mask():
         np.abs(holed[mask].astype(float) - image[mask]).mean()
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_file(evaluated):
     summary, out = evaluated
     for name in ("table.txt", "results.csv", "results.json", "figures/fig7.png",
@@ -102,6 +103,7 @@ def test_quick_run_writes_every_file(evaluated):
     assert not [p for p in os.listdir(out) if p.startswith(".tmp")]  # no temporary leftovers
 
 
+@pytest.mark.slow
 def test_summary_counts_photos_columns_and_skipped_files(evaluated):
     summary, out = evaluated
     assert summary["photos"] == 3
@@ -121,6 +123,7 @@ def test_summary_counts_photos_columns_and_skipped_files(evaluated):
             assert set(counts) == set(VERDICTS) and sum(counts.values()) == 3
 
 
+@pytest.mark.slow
 def test_csv_holds_one_finite_in_range_value_per_photo_setting_metric(evaluated):
     summary, out = evaluated
     with open(out / "results.csv", newline="") as handle:
@@ -144,6 +147,7 @@ def test_csv_holds_one_finite_in_range_value_per_photo_setting_metric(evaluated)
             assert value >= 0.0, row
 
 
+@pytest.mark.slow
 def test_means_are_consistent_and_the_protocol_behaves(evaluated):
     summary, _ = evaluated
     table1 = summary["table1"]

@@ -70,6 +70,7 @@ def test_untouched_and_tampered_photos_read_by_the_mark(imuge, photos):
     assert overlap > 0.9
 
 
+@pytest.mark.slow
 def test_facade_serving_model_and_camera_agree(imuge, photos, tmp_path):
     width, height = 200, 136
     photo = _photo(photos, width, height)
