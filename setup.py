@@ -32,7 +32,7 @@ setup(
         "tensorflow-serving-api==2.21.*",
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        "test": ["pytest", "pytest-xdist", "ruff"],
     },
     entry_points={"console_scripts": ["imuge=imuge_tf.cli:main"]},
 )

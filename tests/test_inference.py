@@ -51,6 +51,7 @@ def test_recover_replaces_pixels_only_inside_the_mask(imuge, photos):
         imuge.recover_with_mask(tampered, mask[:10])
 
 
+@pytest.mark.slow
 def test_the_learned_verifier_cannot_vouch_for_a_photo(imuge, photos):
     """Without the keyed mark a photo is not_immunized whatever the learned verifier's stored
     thresholds say: thresholds that would call every map intact change nothing."""

@@ -57,6 +57,7 @@ def test_reference_decodes_exactly_from_a_lossless_file(imuge, photos):
     assert _read(imuge, photo, np.zeros(photo.shape[:2], bool))[0] == 0.0
 
 
+@pytest.mark.slow
 def test_reference_survives_jpeg_75_after_a_quarter_is_pasted_over(imuge, photos):
     photo = cover(photos["astronaut"], 384, 512)
     donor = cover(photos["coffee"], 384, 512)

@@ -32,6 +32,7 @@ def _batch(photos, count=4, size=64):
     return originals, tf.constant(np.stack(masks)), tf.stack(references), originals
 
 
+@pytest.mark.slow
 def test_refiner_starts_as_the_bare_reference_and_learns(photos):
     context, mask, reference, original = _batch(photos)
     model = RefinerModel(build_refiner(base_filters=8, max_filters=16))

@@ -146,6 +146,7 @@ def test_never_immunized_photos_stay_not_immunized_after_resizing(owner, name):
 
 
 # --------------------------------------------------------------------------- keys and forgery
+@pytest.mark.slow
 def test_another_key_does_not_verify(owner, immunized):
     other = Imuge.from_pretrained(key=OTHER)
     assert other.verify(immunized["coffee"]).verdict == "not_immunized"
@@ -221,6 +222,7 @@ def test_key_files(tmp_path):
         read_key_file(str(tmp_path / "missing"))
 
 
+@pytest.mark.slow
 def test_cli_key_file_and_reimmunize(tmp_path, photo_dir):
     """The CLI end to end: immunize with a key file, verify with it (intact) and without it
     (not immunized, with the demo-key warning), refuse to immunize twice."""
@@ -247,6 +249,7 @@ def test_cli_key_file_and_reimmunize(tmp_path, photo_dir):
     assert "Traceback" not in missing.stderr + again.stderr
 
 
+@pytest.mark.slow
 def test_small_photos_and_random_crops_are_never_mistaken(owner):
     """Small photos hold few blocks, so chance matches with the keyed lattice weigh more (and
     the crop search scores millions of candidates): never-immunized crops of any size stay
