@@ -9,7 +9,8 @@
 - `save_results` / `load_results`: a script's figures as data, in benchmarks/results/NAME.json,
   which its section of BENCHMARKS.md is rendered from (`--render-only` re-renders without
   measuring again); `add_output_arguments`, `measure_and_publish` and `publish` are that flow,
-  `provenance` / `provenance_lines` the date, machine and command a section opens with;
+  `provenance` / `provenance_lines` the date, machine and command a section opens with,
+  `nulls_as_nan` the NaNs that save_results wrote as null, back for rendering;
 - `sync`: waits for TF outputs before a timer stops.
 
 Importing this module also quietens TensorFlow's C++ info and warning logs
@@ -259,6 +260,13 @@ def load_results(name: str, folder: str | None = None) -> dict:
                          f"run benchmarks/{name}.py once without --render-only")
     with open(path, encoding="utf-8") as stream:
         return json.load(stream)
+
+
+def nulls_as_nan(rows) -> list[dict]:
+    """`rows` (dicts of figures, as load_results gives them) with every null back as NaN:
+    save_results writes a non-finite float as null, and a section shows it as 'nan'."""
+    return [{key: float("nan") if value is None else value for key, value in row.items()}
+            for row in rows]
 
 
 def add_output_arguments(parser) -> None:

@@ -16,15 +16,20 @@ size:
 Then the 12 MP timings (medians of --repeats runs): `Imuge.immunize` plus writing the PNG at
 zlib level 1 and 6 (sizes too), `verify` + `recover`, and the camera TFLite model
 (`imuge export --camera-size 4000x3000`), with its parity against `Imuge.immunize`.
-Writes the `native_quality` section of BENCHMARKS.md and a JSON file of every figure.
+
+    python benchmarks/native_quality.py --data FOLDER [--limit N] [--repeats 5] [--out DIR]
+    python benchmarks/native_quality.py --render-only
+
+Every figure goes to benchmarks/results/native_quality.json, and the `native_quality` section
+of BENCHMARKS.md is rendered from that file (`--render-only` re-renders it without measuring).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import io
-import json
 import os
 import sys
 import tempfile
@@ -34,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (quietens TensorFlow before it is imported)
 import numpy as np  # noqa: E402
 
+NAME = "native_quality"
 TAMPERS = ("paste", "removal", "clone")
 
 
@@ -165,17 +171,22 @@ def timings(imuge, photo, repeats, camera_size=(4000, 3000)):
     out["camera_parity"] = ex.camera_parity(imuge, camera, [photo])
     out["camera_bytes"] = len(model)
     for key, values in runs.items():
-        out[key] = common.spread(values)
+        out[key] = dataclasses.asdict(common.spread(values))
     out.update({f"{name}_bytes": size for name, size in sizes.items()})
     return out
 
 
-def render(records, timing, data):
+def render(results) -> str:
+    records = common.nulls_as_nan(results["records"])
+    # The timings as saved (Spread's fields), back as Spread for describe().
+    timing = {key: common.Spread(**value) if isinstance(value, dict) and "median" in value
+              else value for key, value in results["timings"].items()}
     mean = lambda key: float(np.mean([r[key] for r in records]))  # noqa: E731
-    lines = [f"Shipped model, {len(records)} photos of `{os.path.relpath(data, common.REPO_ROOT)}` "
-             "at their native size (1.3-4.9 MP; none used in training), public API "
-             "(`Imuge.immunize` / `verify` / `recover`), Pillow JPEG. "
-             f"Measured {common.utc_now()} with `{common.command_line()}`.", ""]
+    megapixels = [r["width"] * r["height"] / 1e6 for r in records]
+    lines = [f"Shipped model, {len(records)} photos of `{results['data']}` at their native size "
+             f"({min(megapixels):.1f}-{max(megapixels):.1f} MP; none used in training), public "
+             "API (`Imuge.immunize` / `verify` / `recover`), Pillow JPEG. "
+             f"Measured {results['date']} with `{results['command']}`.", ""]
     rows = [[r["photo"], f"{r['width']}x{r['height']}", f"{r['psnr']:.2f}",
              f"{r['psnr_flat']:.2f}", f"{r['flat_share']:.0%}",
              f"{r['mosaic_ratio']:.2f} ({r['mosaic_cell']} px)"]
@@ -229,15 +240,8 @@ def render(records, timing, data):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="folder of photos at their native size")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default=os.path.join(common.REPO_ROOT, "benchmarks",
-                                                       "results", "native_quality.json"))
-    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    args = parser.parse_args(argv)
+def measure(args) -> dict:
+    from PIL import Image
 
     from imuge_tf import Imuge
     from imuge_tf.io import read_image
@@ -245,29 +249,35 @@ def main(argv=None):
     files = sorted(glob.glob(os.path.join(args.data, "*.jp*g")) + glob.glob(
         os.path.join(args.data, "*.png")))[: args.limit]
     if not files:
-        parser.error(f"no photos in {args.data}")
+        raise SystemExit(f"error: no photos in {args.data}")
+    results = common.provenance()
     imuge = Imuge.from_pretrained()
     photos = [read_image(path) for path in files]
     records = []
     for index, (path, photo) in enumerate(zip(files, photos)):
         common.log(f"photo {index + 1}/{len(files)}: {os.path.basename(path)}")
         donor = photos[(index + 1) % len(photos)]
-        from PIL import Image
-
         donor = np.asarray(Image.fromarray(donor).resize(photo.shape[1::-1]))
         records.append(evaluate_photo(imuge, os.path.basename(path), photo, donor, index))
     common.log("12 MP timings")
     timing = timings(imuge, photos[0], args.repeats)
-    body = render(records, timing, args.data)
-    print(body)
-    os.makedirs(os.path.dirname(args.json), exist_ok=True)
-    with open(args.json, "w") as handle:
-        json.dump({"records": records, "timings": {
-            k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in timing.items()}},
-            handle, indent=2, default=str)
-    if not args.no_write:
-        common.update_section("native_quality", body)
+    results["load_average"]["after"] = common.load_average()
+    return {**results, "data": os.path.relpath(os.path.abspath(args.data), common.REPO_ROOT),
+            "records": records, "timings": timing}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="folder of photos at their native size")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    common.add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.render_only and not args.data:
+        parser.error("--data is needed unless --render-only")
+    common.measure_and_publish(NAME, args, measure, render)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
