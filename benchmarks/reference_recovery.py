@@ -12,14 +12,19 @@ size, through the public API (`Imuge.immunize` / `verify` / `recover`) and Pillo
   true mask (`Imuge.recover_with_mask`), lossless and after JPEG 90;
 - the capacity of the design (bits per block, code rate, reference bits per megapixel).
 
-Writes the `reference_recovery` section of BENCHMARKS.md and a JSON file of every figure.
+    python benchmarks/reference_recovery.py --data FOLDER [--model DIR] [--limit N] [--quick]
+        [--out DIR]
+    python benchmarks/reference_recovery.py --render-only
+
+Every figure goes to benchmarks/results/reference_recovery.json, and the `reference_recovery`
+section of BENCHMARKS.md is rendered from that file (`--render-only` re-renders it without
+measuring).
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import sys
 
@@ -28,6 +33,7 @@ import common  # noqa: E402  (quietens TensorFlow before it is imported)
 import numpy as np  # noqa: E402
 from native_quality import jpeg, tamper  # noqa: E402
 
+NAME = "reference_recovery"
 QUALITIES = (None, 95, 90, 80, 75, 70, 60, 50)  # None: lossless
 TAMPERS = ("paste", "removal", "clone")
 SHARES = (0.10, 0.25, 0.40)
@@ -110,17 +116,29 @@ def capacity():
 
 
 def _mean(records, key):
-    values = [r[key] for r in records if key in r and np.isfinite(r[key])]
+    # A figure that was not finite is saved as null (common.save_results): left out, as NaN.
+    values = [r[key] for r in records if r.get(key) is not None and np.isfinite(r[key])]
     return float(np.mean(values)) if values else float("nan")
 
 
-def render(records, qualities, data, refiner):
-    cap = capacity()
+def gains_over_telea(records) -> dict:
+    """Imuge's L-PSNR minus Telea's, mean of paste / removal / clone at 10 %, by reception."""
+    gains = {}
+    for quality in TELEA_QUALITIES:
+        values = [_mean(records, f"lpsnr_{k}_10_{_label(quality)}")
+                  - _mean(records, f"telea_{k}_10_{_label(quality)}") for k in TAMPERS]
+        gains[_label(quality)] = float(np.mean(values))
+    return gains
+
+
+def render(results) -> str:
+    records, qualities, cap = results["records"], results["qualities"], results["capacity"]
+    model = "Shipped model" if results["model"] is None else f"Model `{results['model']}`"
     lines = ["## Recovery from the self-embedded reference (`benchmarks/reference_recovery.py`)",
-             "", f"Shipped model{' with its reference refiner' if refiner else ''}, "
-             f"{len(records)} photos of `{os.path.relpath(data, common.REPO_ROOT)}` at their "
-             "native size (none used in training), public API, Pillow JPEG (4:2:0). "
-             f"Measured {common.utc_now()} with `{common.command_line()}`.", "",
+             "", f"{model}{' with its reference refiner' if results['refiner'] else ''}, "
+             f"{len(records)} photos of `{results['data']}` at their native size (none used "
+             "in training), public API, Pillow JPEG (4:2:0). "
+             f"Measured {results['date']} with `{results['command']}`.", "",
              "Recovery with the verifier's own mask, L-PSNR (dB) inside the true tamper, "
              "mean over the photos; Telea: OpenCV on the true mask; decoded: share of the "
              "tampered area whose record was read.", ""]
@@ -138,11 +156,7 @@ def render(records, qualities, data, refiner):
                          f"{_mean(records, f'f1_{key}'):.3f}"])
     lines.append(common.markdown_table(
         ["10 % tamper", "received as", "Imuge L-PSNR", "Telea", "gain", "decoded", "F1"], rows))
-    gains = {}
-    for quality in TELEA_QUALITIES:
-        values = [_mean(records, f"lpsnr_{k}_10_{_label(quality)}")
-                  - _mean(records, f"telea_{k}_10_{_label(quality)}") for k in TAMPERS]
-        gains[_label(quality)] = float(np.mean(values))
+    gains = gains_over_telea(records)
     lines += ["", "Gain over Telea, mean of paste / removal / clone at 10 %: "
               + ", ".join(f"{label} {gain:+.2f} dB" for label, gain in gains.items())
               + f". The paper (256 px): L-PSNR {PAPER['none']} dB without attack, "
@@ -172,22 +186,15 @@ def render(records, qualities, data, refiner):
               f"{cap['carried_bits_per_mp']:,.0f} carried and "
               f"{cap['reference_bits_per_mp']:,.0f} reference bits per megapixel. Mean "
               f"PSNR(I, I_M) here {_mean(records, 'psnr'):.2f} dB."]
-    return "\n".join(lines), gains
+    return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, help="folder of photos at native size")
-    parser.add_argument("--model", default=None, help="model folder (default: shipped)")
-    parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--quick", action="store_true", help="lossless, JPEG 90 and 75 only")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-
+def measure(args) -> dict:
     from imuge_tf.evaluation import _donor_for
     from imuge_tf.inference import Imuge
     from imuge_tf.io import read_image
 
+    results = common.provenance()
     imuge = Imuge.load(args.model) if args.model else Imuge.from_pretrained()
     paths = sorted(p for p in glob.glob(os.path.join(args.data, "*"))
                    if p.lower().endswith((".jpg", ".jpeg", ".png")))[:args.limit]
@@ -199,16 +206,26 @@ def main(argv=None):
         donor = _donor_for(photo, photos[(index + 1) % len(photos)])
         records.append(evaluate_photo(imuge, os.path.basename(path), photo, donor, index,
                                       qualities))
-    body, gains = render(records, qualities, args.data, imuge.refiner is not None)
-    print(body)
-    if not args.no_write:
-        results = os.path.join(common.REPO_ROOT, "benchmarks", "results")
-        os.makedirs(results, exist_ok=True)
-        with open(os.path.join(results, "reference_recovery.json"), "w") as handle:
-            json.dump({"records": records, "gains": gains, "capacity": capacity(),
-                       "machine": common.machine_facts()}, handle, indent=1)
-        common.update_section("reference_recovery", body)
+    results["load_average"]["after"] = common.load_average()
+    return {**results, "data": os.path.relpath(os.path.abspath(args.data), common.REPO_ROOT),
+            "model": args.model, "refiner": imuge.refiner is not None,
+            "qualities": list(qualities), "records": records,
+            "gains": gains_over_telea(records), "capacity": capacity()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", help="folder of photos at native size")
+    parser.add_argument("--model", default=None, help="model folder (default: shipped)")
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="lossless, JPEG 90 and 75 only")
+    common.add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.render_only and not args.data:
+        parser.error("--data is needed unless --render-only")
+    common.measure_and_publish(NAME, args, measure, render)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
