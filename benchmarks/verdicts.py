@@ -18,8 +18,15 @@ Pillow's codecs and resamplers:
   forced with the owner's key, i.e. by a key holder); a splice from another photo immunized with
   the same key at the same place.
 
-The owner's key is a fixed secret of this script; verdicts are with that key. Writes the
-`verdicts` section of BENCHMARKS.md and benchmarks/results/verdicts.json.
+The owner's key is a fixed secret of this script; verdicts are with that key.
+
+    python benchmarks/verdicts.py --data FOLDER [FOLDER ...] [--model DIR] [--limit N]
+        [--out DIR]
+    python benchmarks/verdicts.py --render-only
+
+The figures (every case, their summary, the date, command and machine) go to
+benchmarks/results/verdicts.json, and the `verdicts` section of BENCHMARKS.md is rendered from
+that file (`--render-only` re-renders it without measuring).
 """
 
 from __future__ import annotations
@@ -27,7 +34,6 @@ from __future__ import annotations
 import argparse
 import glob
 import io
-import json
 import os
 import sys
 import time
@@ -37,6 +43,7 @@ import common  # noqa: E402  (quietens TensorFlow before it is imported)
 import numpy as np  # noqa: E402
 from native_quality import jpeg, object_mask, tamper  # noqa: E402
 
+NAME = "verdicts"
 OWNER_KEY = b"imuge-tf benchmark owner key"
 OTHER_KEY = b"imuge-tf benchmark someone else"
 FILTERS = ("bicubic", "bilinear", "lanczos")
@@ -217,10 +224,11 @@ def _pooled(summary, group, prefix):
                                                                "not_immunized")}
 
 
-def render(summary, folders, photos):
-    lines = [f"Photos: {photos} at their own size from {', '.join(folders)}; verdicts of "
-             "`Imuge(key=owner).verify` through Pillow's codecs and resamplers "
-             f"(`python benchmarks/verdicts.py --data {' '.join(folders)}`).", ""]
+def render(results) -> str:
+    summary = common.nulls_as_nan(results["summary"])
+    lines = [f"Photos: {results['photos']} at their own size from "
+             f"{', '.join(results['folders'])}; verdicts of `Imuge(key=owner).verify` through "
+             f"Pillow's codecs and resamplers (`{results['command']}`).", ""]
     untouched = [row for row in summary if row["group"] == "untouched"]
     table = []
     for row in untouched:
@@ -261,20 +269,13 @@ def render(summary, folders, photos):
     lines.append(f"Pooled: JPEG 95-70 {pooled_jpeg['intact']}/{pooled_jpeg['cases']} intact; "
                  f"tampered {_pooled(summary, 'tampered', '')['tampered']}/"
                  f"{_pooled(summary, 'tampered', '')['cases']}.")
-    facts = common.machine_facts()
-    lines += ["", f"Measured {common.utc_now()} on {facts['cpu']} ({facts['cpus']} CPUs), "
+    facts = results["machine"]
+    lines += ["", f"Measured {results['date']} on {facts['cpu']} ({facts['cpus']} CPUs), "
               f"TensorFlow {facts.get('tensorflow', '?')}."]
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", required=True, nargs="+", help="folders of photos")
-    parser.add_argument("--model", default=None, help="model folder (default: shipped)")
-    parser.add_argument("--limit", type=int, default=None, help="photos per folder")
-    parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args(argv)
-
+def measure(args) -> dict:
     import warnings
 
     from imuge_tf.evaluation import _donor_for
@@ -288,6 +289,7 @@ def main(argv=None):
             return Imuge.load(args.model, key=key) if args.model else Imuge.from_pretrained(
                 key=key)
 
+    results = common.provenance()
     owner, other, demo = load(OWNER_KEY), load(OTHER_KEY), load(None)
     paths = []
     for folder in args.data:
@@ -299,17 +301,23 @@ def main(argv=None):
         common.log(f"{os.path.basename(path)} {photo.shape[1]}x{photo.shape[0]}")
         donor = _donor_for(photo, photos[(index + 1) % len(photos)])
         cases += evaluate_photo(owner, other, demo, os.path.basename(path), photo, donor, index)
-    summary = summarize(cases)
-    body = render(summary, args.data, len(photos))
-    print(body)
-    if not args.no_write:
-        results = os.path.join(common.REPO_ROOT, "benchmarks", "results")
-        os.makedirs(results, exist_ok=True)
-        with open(os.path.join(results, "verdicts.json"), "w") as handle:
-            json.dump({"summary": summary, "cases": cases, "machine": common.machine_facts()},
-                      handle, indent=1, default=float)
-        common.update_section("verdicts", body)
+    results["load_average"]["after"] = common.load_average()
+    return {**results, "folders": list(args.data), "model": args.model,
+            "photos": len(photos), "summary": summarize(cases), "cases": cases}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="+", help="folders of photos")
+    parser.add_argument("--model", default=None, help="model folder (default: shipped)")
+    parser.add_argument("--limit", type=int, default=None, help="photos per folder")
+    common.add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    if not args.render_only and not args.data:
+        parser.error("--data is needed unless --render-only")
+    common.measure_and_publish(NAME, args, measure, render)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
