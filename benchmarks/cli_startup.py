@@ -1,6 +1,7 @@
 """How soon `imuge` answers, and what it prints on stderr, as a user's shell starts it.
 
-    python benchmarks/cli_startup.py [--runs 5]
+    python benchmarks/cli_startup.py [--runs 5] [--out DIR]
+    python benchmarks/cli_startup.py --render-only
 
 Real subprocesses (`python -m imuge_tf.cli ...`) in an environment without
 TF_CPP_MIN_LOG_LEVEL or IMUGE_KEY, as a new user's shell has it:
@@ -16,8 +17,9 @@ TF_CPP_MIN_LOG_LEVEL or IMUGE_KEY, as a new user's shell has it:
 
 For each: the time to the first byte on stdout or stderr, the time to exit (medians over the
 runs, with their range), the exit code, and the stderr lines of the last run, split into the
-tool's own (`warning:` / `error:`) and the others. Writes benchmarks/results/cli_startup.json
-and the `cli_startup` section of BENCHMARKS.md.
+tool's own (`warning:` / `error:`) and the others. The figures go to
+benchmarks/results/cli_startup.json, and the `cli_startup` section of BENCHMARKS.md is rendered
+from that file (`--render-only` re-renders it without measuring).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-RESULTS = os.path.join(common.REPO_ROOT, "benchmarks", "results", "cli_startup.json")
+NAME = "cli_startup"
 TOOL_PREFIXES = ("warning: ", "error: ")
 
 
@@ -70,7 +72,7 @@ def timed_run(arguments, cwd) -> dict:
             "exit_code": code, "stderr": streams["stderr"].decode("utf-8", "replace")}
 
 
-def measure(name, arguments, runs, cwd) -> dict:
+def measure_case(name, arguments, runs, cwd) -> dict:
     common.log(f"{name}: {runs} run(s) of imuge {' '.join(arguments)}")
     results = [timed_run(arguments, cwd) for _ in range(runs)]
     lines = results[-1]["stderr"].splitlines()
@@ -131,7 +133,7 @@ def write_photo(folder) -> str:
     return path
 
 
-def section(report) -> str:
+def render(report) -> str:
     rows = []
     for case in report["cases"].values():
         first, ended = case["first_output_s"], case["exit_s"]
@@ -163,11 +165,7 @@ def section(report) -> str:
     ])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs per case (default: 5)")
-    args = parser.parse_args(argv)
-
+def measure(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="imuge-cli-startup-") as folder:
         write_photo(folder)
         key = os.path.join(folder, "key")
@@ -182,18 +180,20 @@ def main(argv=None) -> int:
         }
         measured = {}
         for name, (arguments, runs) in cases.items():
-            measured[name] = {**measure(name, arguments, runs, folder), "shown": arguments}
+            measured[name] = {**measure_case(name, arguments, runs, folder),
+                              "shown": arguments}
         parts = breakdown(folder)
-    report = {"date": common.utc_now(), "command": common.command_line(),
-              "machine": common.machine_facts(), "load_average": common.load_average(),
-              "cases": measured, "breakdown": parts}
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w", encoding="utf-8") as stream:
-        json.dump(report, stream, indent=2)
-        stream.write("\n")
-    text = section(report)
-    common.update_section("cli_startup", text)
-    print(text)
+    return {"date": common.utc_now(), "command": common.command_line(),
+            "machine": common.machine_facts(), "load_average": common.load_average(),
+            "cases": measured, "breakdown": parts}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per case (default: 5)")
+    common.add_output_arguments(parser)
+    args = parser.parse_args(argv)
+    common.measure_and_publish(NAME, args, measure, render)
     return 0
 
 
