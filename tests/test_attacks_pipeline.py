@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from attack_batches import photo_batch
 
 from imuge_tf.attacks import (
     BENIGN_ATTACKS,
@@ -29,26 +30,9 @@ BATCH, SIZE = 6, 40
 @pytest.fixture(scope="module")
 def batch(photos):
     """Real photo crops, donors from other photos, blob-free random rectangle masks, seeds."""
-    rng = np.random.default_rng(0)
     names = ["astronaut", "coffee", "chelsea", "rocket", "astronaut", "coffee"]
-
-    def crop_of(name, offset):
-        photo = photos[name]
-        return photo[offset : offset + 4 * SIZE : 4, offset : offset + 4 * SIZE : 4]
-
-    images = np.stack([crop_of(name, 20 + 10 * i) for i, name in enumerate(names)])
-    donors = np.stack([crop_of(name, 5) for name in reversed(names)])
-    masks = np.zeros((BATCH, SIZE, SIZE, 1), np.float32)
-    for mask in masks:
-        top, left = rng.integers(0, SIZE // 2, size=2)
-        mask[top : top + SIZE // 3, left : left + SIZE // 4] = 1.0
-    seeds = rng.integers(0, 2**31 - 1, size=(BATCH, 2))
-    return {
-        "images": tf.constant(images.astype(np.float32) / 255.0),
-        "donors": tf.constant(donors.astype(np.float32) / 255.0),
-        "masks": tf.constant(masks),
-        "seeds": tf.constant(seeds, tf.int32),
-    }
+    return photo_batch(photos, names, SIZE, stride=4, first_offset=20, offset_step=10,
+                       donor_offset=5, mask_top_min=0, seed=0)
 
 
 def _gradient(function, images):

@@ -4,6 +4,7 @@ interpolations, resize/blur + JPEG, and the copy-move, splice and removal tamper
 import numpy as np
 import pytest
 import tensorflow as tf
+from attack_batches import photo_batch
 from scipy.ndimage import binary_dilation, median_filter
 
 from imuge_tf.attacks import (
@@ -39,25 +40,9 @@ BATCH, SIZE = 8, 48
 @pytest.fixture(scope="module")
 def batch(photos):
     """Real photo crops, donors from other photos, rectangle masks and seeds."""
-    rng = np.random.default_rng(1)
     names = ["astronaut", "coffee", "chelsea", "rocket"] * 2
-
-    def crop_of(name, offset):
-        photo = photos[name]
-        return photo[offset : offset + 3 * SIZE : 3, offset : offset + 3 * SIZE : 3]
-
-    images = np.stack([crop_of(name, 30 + 17 * i) for i, name in enumerate(names)])
-    donors = np.stack([crop_of(name, 3) for name in reversed(names)])
-    masks = np.zeros((BATCH, SIZE, SIZE, 1), np.float32)
-    for mask in masks:
-        top, left = rng.integers(2, SIZE // 2, size=2)
-        mask[top : top + SIZE // 3, left : left + SIZE // 4] = 1.0
-    return {
-        "images": tf.constant(images.astype(np.float32) / 255.0),
-        "donors": tf.constant(donors.astype(np.float32) / 255.0),
-        "masks": tf.constant(masks),
-        "seeds": tf.constant(rng.integers(0, 2**31 - 1, size=(BATCH, 2)), tf.int32),
-    }
+    return photo_batch(photos, names, SIZE, stride=3, first_offset=30, offset_step=17,
+                       donor_offset=3, mask_top_min=2, seed=1)
 
 
 def _gradient(function, images):
