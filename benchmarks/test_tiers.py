@@ -85,7 +85,8 @@ def measure(tiers) -> dict:
         try:
             commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=checkout,
                                     check=True, capture_output=True, text=True).stdout.strip()
-            runs = {name: run_tier(name, checkout) for name in tiers}
+            runs = {name: {**run_tier(name, checkout), "commit": commit,
+                           "date": common.utc_now()} for name in tiers}
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", checkout],
                            cwd=common.REPO_ROOT, capture_output=True)
@@ -104,14 +105,15 @@ def render(results: dict) -> str:
         counts = ", ".join(f"{number} {kind}" for kind, number in record["counts"].items()
                            if kind not in ("deselected", "warning"))
         rows.append([f"`{record['command']}`", counts, _minutes(record["seconds"]),
-                     record["exit_code"], record["load_before"]])
+                     record["exit_code"], record.get("commit", results["commit"]),
+                     record["load_before"]])
     lines = [f"## Test tiers (`benchmarks/{NAME}.py`)", "",
-             f"Measured {results['date']} at commit {results['commit']}, one run per tier, "
-             f"from a clean worktree; CPUs: {results['machine'].get('cpus', '?')} "
+             f"Last measured {results['date']}, one run per tier, from a clean worktree of "
+             f"the commit named; CPUs: {results['machine'].get('cpus', '?')} "
              f"({results['machine'].get('cpu', '')}). Load average (1, 5, 15 min) at the "
              f"start of each tier: a busy machine is slower.", "",
-             common.markdown_table(["tier", "tests", "wall time", "exit", "load at start"],
-                                   rows)]
+             common.markdown_table(["tier", "tests", "wall time", "exit", "commit",
+                                    "load at start"], rows)]
     if {"fast", "slow"} <= set(tiers):
         full = tiers["fast"]["seconds"] + tiers["slow"]["seconds"]
         lines += ["", f"Both tiers (the full suite, as `.ci/run` runs it): {_minutes(full)}; "
@@ -137,6 +139,11 @@ def main(argv=None) -> int:
         results = common.load_results(NAME)
     else:
         results = measure(args.tiers)
+        if set(args.tiers) != set(TIERS) and os.path.exists(common.results_path(NAME)):
+            # A run of some tiers keeps the others' last figures (each names its commit).
+            kept = common.load_results(NAME)["tiers"]
+            results["tiers"] = {name: results["tiers"].get(name, kept.get(name))
+                                for name in TIERS if name in results["tiers"] or name in kept}
         common.save_results(NAME, results)
     text = render(results)
     common.update_section(SECTION, text)
