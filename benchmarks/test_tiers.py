@@ -2,7 +2,7 @@
 
     python benchmarks/test_tiers.py [--tiers fast slow] [--render-only]
 
-Runs `pytest` (the fast tier) and `pytest -m slow` (the slow tier) one after the other, each in
+Runs `pytest` (the fast tier) and `pytest -m slow -n 0` (the slow tier) one after the other, each in
 its own subprocess from a `git worktree` of HEAD (so that edits in the checkout cannot change a
 run half-way), and records for each tier its wall time, the counts pytest reports (passed,
 failed, skipped, ...), the slowest tests (pytest `--durations`), and the load average before and
@@ -26,7 +26,7 @@ import common  # noqa: E402
 
 NAME = "test_tiers"
 SECTION = "tests"
-TIERS = {"fast": [], "slow": ["-m", "slow"]}
+TIERS = {"fast": [], "slow": ["-m", "slow", "-n", "0"]}
 TARGETS_S = {"fast": 5 * 60, "full": 15 * 60}
 SLOWEST = 10
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|deselected|xfailed|xpassed|errors?|warnings?)")
@@ -73,7 +73,10 @@ def run_tier(name: str, checkout: str) -> dict:
               "load_after": common.load_average()}
     common.log(f"tier {name}: exit {child.returncode} in {seconds:.0f} s, {record['counts']}")
     if child.returncode != 0:
-        record["tail"] = output.splitlines()[-40:]
+        lines = output.splitlines()
+        failures = next((i for i, line in enumerate(lines) if " FAILURES " in line), None)
+        record["failures"] = lines[failures:failures + 200] if failures is not None else []
+        record["tail"] = lines[-40:]
     return record
 
 
@@ -119,6 +122,9 @@ def render(results: dict) -> str:
         lines += ["", f"Both tiers (the full suite, as `.ci/run` runs it): {_minutes(full)}; "
                   f"targets: fast tier under {_minutes(TARGETS_S['fast'])}, full suite under "
                   f"{_minutes(TARGETS_S['full'])} on 2 idle cores."]
+    for name, record in tiers.items():
+        if record.get("note"):
+            lines += ["", f"The {name} tier: {record['note']}"]
     for name, record in tiers.items():
         if record["slowest"]:
             lines += ["", f"Slowest tests of the {name} tier (setup + call + teardown):", "",
