@@ -195,8 +195,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not args.render_only and not (args.data and args.heldout):
-        parser.error("--data and --heldout are needed unless --render-only")
+    common.require_unless_render_only(parser, args, "data", "heldout")
     common.measure_and_publish(NAME, args, measure, render)
     return 0
 

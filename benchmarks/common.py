@@ -257,7 +257,8 @@ def load_results(name: str, folder: str | None = None) -> dict:
     path = results_path(name, folder)
     if not os.path.exists(path):
         raise SystemExit(f"error: {os.path.relpath(path, REPO_ROOT)} does not exist; "
-                         f"run benchmarks/{name}.py once without --render-only")
+                         f"run {os.path.relpath(sys.argv[0], REPO_ROOT)} once without "
+                         f"--render-only")
     with open(path, encoding="utf-8") as stream:
         return json.load(stream)
 
@@ -291,6 +292,15 @@ def publish(name: str, render, folder: str | None = None) -> str:
     print(text)
     log(f"wrote the '{name}' section of {path}")
     return text
+
+
+def require_unless_render_only(parser, args, *names: str) -> None:
+    """An argparse error unless every option in `names` (e.g. "data") that measuring needs
+    was given; nothing when only re-rendering."""
+    if not args.render_only and not all(getattr(args, option) for option in names):
+        options = " and ".join(f"--{option}" for option in names)
+        parser.error(f"{options} {'is' if len(names) == 1 else 'are'} needed unless "
+                     f"--render-only")
 
 
 def measure_and_publish(name: str, args, measure, render) -> str:

@@ -176,9 +176,8 @@ def main(argv=None) -> int:
     parser.add_argument("--render-only", action="store_true",
                         help="evaluate nothing; re-render the section from the results file")
     args = parser.parse_args(argv)
+    common.require_unless_render_only(parser, args, "data")
     if not args.render_only:
-        if not args.data:
-            parser.error("--data is needed unless --render-only")
         common.save_results(NAME, measure(args))
     common.publish(NAME, render)
     return 0

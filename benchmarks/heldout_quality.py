@@ -151,8 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=int, default=8)
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not args.render_only and not (args.workdir and args.data):
-        parser.error("--workdir and --data are needed unless --render-only")
+    common.require_unless_render_only(parser, args, "workdir", "data")
     common.measure_and_publish(NAME, args, measure, render)
     return 0
 

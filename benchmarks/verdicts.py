@@ -313,8 +313,7 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="photos per folder")
     common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if not args.render_only and not args.data:
-        parser.error("--data is needed unless --render-only")
+    common.require_unless_render_only(parser, args, "data")
     common.measure_and_publish(NAME, args, measure, render)
     return 0
 
