@@ -7,7 +7,7 @@ its own subprocess from a `git worktree` of HEAD (so that edits in the checkout 
 run half-way), and records for each tier its wall time, the counts pytest reports (passed,
 failed, skipped, ...), the slowest tests (pytest `--durations`), and the load average before and
 after: a run on busy cores is slower, and the figures say how busy they were. One run per tier:
-the full suite is too long to repeat for a median here. Writes benchmarks/results/test_tiers.json
+the full suite is too long to repeat for a median here. Writes benchmarks/results/tests.json
 and the `tests` section of BENCHMARKS.md.
 """
 
@@ -24,8 +24,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
-NAME = "test_tiers"
-SECTION = "tests"
+NAME = "tests"  # the section of BENCHMARKS.md and benchmarks/results/tests.json
 TIERS = {"fast": [], "slow": ["-m", "slow", "-n", "0"]}
 TARGETS_S = {"fast": 5 * 60, "full": 15 * 60}
 SLOWEST = 10
@@ -110,7 +109,7 @@ def render(results: dict) -> str:
         rows.append([f"`{record['command']}`", counts, _minutes(record["seconds"]),
                      record["exit_code"], record.get("commit", results["commit"]),
                      record["load_before"]])
-    lines = [f"## Test tiers (`benchmarks/{NAME}.py`)", "",
+    lines = ["## Test tiers (`benchmarks/test_tiers.py`)", "",
              f"Last measured {results['date']}, one run per tier, from a clean worktree of "
              f"the commit named; CPUs: {results['machine'].get('cpus', '?')} "
              f"({results['machine'].get('cpu', '')}). Load average (1, 5, 15 min) at the "
@@ -134,27 +133,27 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_tiers(args) -> dict:
+    """The tiers asked for; a run of some tiers keeps the others' last figures (each tier
+    names its commit)."""
+    results = measure(args.tiers)
+    kept_path = common.results_path(NAME, args.out)
+    if set(args.tiers) != set(TIERS) and os.path.exists(kept_path):
+        kept = common.load_results(NAME, args.out)["tiers"]
+        results["tiers"] = {name: results["tiers"].get(name, kept.get(name))
+                            for name in TIERS if name in results["tiers"] or name in kept}
+    return results
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiers", nargs="+", choices=sorted(TIERS), default=list(TIERS),
                         help="which tiers to run (default: both)")
-    parser.add_argument("--render-only", action="store_true",
-                        help="rewrite the BENCHMARKS.md section from the saved results")
+    common.add_output_arguments(parser)
     args = parser.parse_args(argv)
-    if args.render_only:
-        results = common.load_results(NAME)
-    else:
-        results = measure(args.tiers)
-        if set(args.tiers) != set(TIERS) and os.path.exists(common.results_path(NAME)):
-            # A run of some tiers keeps the others' last figures (each names its commit).
-            kept = common.load_results(NAME)["tiers"]
-            results["tiers"] = {name: results["tiers"].get(name, kept.get(name))
-                                for name in TIERS if name in results["tiers"] or name in kept}
-        common.save_results(NAME, results)
-    text = render(results)
-    common.update_section(SECTION, text)
-    print(text)
-    return 0 if all(r["exit_code"] == 0 for r in results["tiers"].values()) else 1
+    common.measure_and_publish(NAME, args, measure_tiers, render)
+    tiers = common.load_results(NAME, args.out)["tiers"]
+    return 0 if all(record["exit_code"] == 0 for record in tiers.values()) else 1
 
 
 if __name__ == "__main__":
