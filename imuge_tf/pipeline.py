@@ -104,8 +104,8 @@ def pipeline_function(method, input_signature):
 
     The pipeline is written with explicit `tf.cond` / `tf.while_loop` and Python control flow
     only over Python values, so AutoGraph has nothing to convert; left on, it re-parses and
-    rewrites the source of every function the trace reaches, which is most of a first call's
-    cost (BENCHMARKS.md, `cli_startup`). The facade builds its graphs with this function; the
+    rewrites the source of every function the trace reaches, a large part of the first call
+    that BENCHMARKS.md `cli_startup` times. The facade builds its graphs with this function; the
     serving graph and the camera model get the same from `keras.export.ExportArchive`, which
     traces its endpoints without AutoGraph too.
     """
