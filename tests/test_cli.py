@@ -448,17 +448,21 @@ def test_evaluate_and_demo_are_wired(photos, model_dir, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(demo, "run_demo",
                         lambda imuge, out_dir, *, progress=True: {"psnr": 40.0})
+    from imuge_tf.cli.model_commands import DEMO_MARKER
+
     folder = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(folder), "--model", str(model_dir)]) == 0
     assert "psnr: 40" in capsys.readouterr().out
+    assert (folder / DEMO_MARKER).is_file()  # the folder is marked as the demo's own
     # Its own earlier output is overwritten; a folder holding anything else needs --force.
     assert cli.main(["demo", "--out", str(folder), "--model", str(model_dir)]) == 0
     other = tmp_path / "other"
     other.mkdir()
-    (other / "demo.png").write_bytes(b"someone's file")
+    (other / "holiday.png").write_bytes(b"someone's file")
     capsys.readouterr()
     assert cli.main(["demo", "--out", str(other), "--model", str(model_dir)]) == 2
     assert "--force" in capsys.readouterr().err
+    assert sorted(os.listdir(other)) == ["holiday.png"]  # refused before writing anything
     assert cli.main(["demo", "--out", str(other), "--model", str(model_dir), "--force"]) == 0
 
 

@@ -1,10 +1,11 @@
-"""The one inference pipeline: facade, serving SavedModel and camera TFLite agree on it."""
+"""The one inference pipeline, as the facade runs it. That the serving SavedModel and the
+camera model run the same graph is checked on their exports: test_serving.py (verify and
+recover) and test_export.py (immunize)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from imuge_tf import export as ex
 from imuge_tf.inference import Imuge
 from imuge_tf.io import cover
 from imuge_tf.pipeline import working_size, working_view
@@ -68,37 +69,3 @@ def test_untouched_and_tampered_photos_read_by_the_mark(imuge, photos):
     assert result.verdict == "tampered" and result.evidence == "block_mark"
     overlap = (result.mask & truth).sum() * 2 / (result.mask.sum() + truth.sum())
     assert overlap > 0.9
-
-
-@pytest.mark.slow
-def test_facade_serving_model_and_camera_agree(imuge, photos, tmp_path):
-    width, height = 200, 136
-    photo = _photo(photos, width, height)
-    immunized = imuge.immunize(photo)
-
-    saved = ex.save_camera_model(imuge, width, height, str(tmp_path / "camera"))
-    model = ex.convert_saved_model(saved, "fp32")
-    assert all(not op.startswith("Flex") for op in ex.tflite_ops(model))
-    camera = ex.TFLiteCamera(model)
-    got = camera(photo).astype(int)
-    assert np.abs(got - immunized).max() <= 1
-    loaded = tf.saved_model.load(saved)
-    from_saved = loaded.signatures["serving_default"](photo=tf.constant(photo[None]))
-    from_saved = from_saved["immunized"].numpy()[0].astype(int)
-    # The same graph: at most the final rounding of a float sum differs.
-    assert np.abs(from_saved - immunized).max() <= 1
-    assert np.mean(from_saved == immunized) > 0.999
-
-    tampered = immunized.copy()
-    tampered[30:90, 41:121] = 255 - tampered[30:90, 41:121]
-    result = imuge.verify(tampered)
-    recovered = imuge.recover(tampered, result)
-    version = str(tmp_path / "serving")
-    ex.save_serving_model(imuge, version)
-    served = tf.saved_model.load(version).signatures["verify_tensor"](
-        images=tf.constant(tampered[None] / 255.0, tf.float32))
-    assert served["verdict"].numpy()[0].decode() == result.verdict == "tampered"
-    assert served["evidence"].numpy()[0].decode() == result.evidence
-    np.testing.assert_array_equal(served["mask"].numpy()[0, :, :, 0] > 0.5, result.mask)
-    served_recovered = np.round(served["recovered"].numpy()[0] * 255).astype(int)
-    assert np.abs(served_recovered - recovered).max() <= 1

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -621,34 +622,41 @@ def received(tmp_path_factory):
     return folder
 
 
-def start_serve(model_dir):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imuge_tf.cli", "serve", "--model-dir", model_dir, "--port",
-         "0", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    for line in process.stdout:
-        if match := re.search(r"REST: (http://[\d.:]+)/v1/models/imuge", line):
-            return process, match[1]
-    process.wait(timeout=60)
-    raise AssertionError(f"imuge serve did not start: {process.stderr.read()[-2000:]}")
+@pytest.fixture(scope="module")
+def imuge_serve(hand_set, tmp_path_factory):
+    """The URL of `imuge serve` over the hand-set serving model, run as a user runs it (a
+    subprocess, stopped with Ctrl-C, which must end it cleanly); one for the module, as each
+    start pays a TensorFlow import and a model load. Its output goes to files: a pipe nobody
+    reads would stop the server once the pipe's buffer is full."""
+    logs = tmp_path_factory.mktemp("imuge_serve")
+    stdout, stderr = logs / "stdout.txt", logs / "stderr.txt"
+    with open(stdout, "w") as out, open(stderr, "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "imuge_tf.cli", "serve", "--model-dir", hand_set[2],
+             "--port", "0", "--quiet"], stdout=out, stderr=err, env=ENV)
+    deadline = time.monotonic() + 600
+    while not (match := re.search(r"REST: (http://[\d.:]+)/v1/models/imuge",
+                                  stdout.read_text())):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"imuge serve did not start: {stderr.read_text()[-2000:]}")
+        time.sleep(0.2)
+    yield match[1]
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=180) == 0, stderr.read_text()[-2000:]
 
 
 @pytest.mark.slow
-def test_imuge_verify_server_writes_what_local_verify_writes(hand_set, received, tmp_path,
-                                                              capsys):
-    model_dir, _, serving_dir = hand_set
-    process, url = start_serve(serving_dir)
-    try:
-        remote_out, local_out = tmp_path / "remote", tmp_path / "local"
-        code_remote = cli.main(["verify", str(received), "--server", url, "--out",
-                                str(remote_out), "--json"])
-        remote = json.loads(capsys.readouterr().out)
-        code_local = cli.main(["verify", str(received), "--model", model_dir, "--out",
-                               str(local_out), "--json"])
-        local = json.loads(capsys.readouterr().out)
-    finally:
-        process.send_signal(signal.SIGINT)
-        # Ctrl-C is the normal way to stop it (its shutdown took over 60 s on a loaded machine)
-        assert process.wait(timeout=180) == 0
+def test_imuge_verify_server_writes_what_local_verify_writes(hand_set, imuge_serve, received,
+                                                              tmp_path, capsys):
+    model_dir = hand_set[0]
+    remote_out, local_out = tmp_path / "remote", tmp_path / "local"
+    code_remote = cli.main(["verify", str(received), "--server", imuge_serve, "--out",
+                            str(remote_out), "--json"])
+    remote = json.loads(capsys.readouterr().out)
+    code_local = cli.main(["verify", str(received), "--model", model_dir, "--out",
+                           str(local_out), "--json"])
+    local = json.loads(capsys.readouterr().out)
     assert code_remote == code_local == 2  # broken.png failed; the others were verified
     assert remote["summary"] == {**local["summary"], "out": str(remote_out)}
     verdicts = {os.path.basename(r["input"]): r.get("verdict") for r in remote["files"]}
@@ -721,7 +729,7 @@ def test_readme_rest_response_is_the_golden_one():
 
 
 @pytest.mark.slow
-def test_readme_rest_example_runs_as_written(hand_set, tmp_path):
+def test_readme_rest_example_runs_as_written(imuge_serve, tmp_path):
     """The README's REST commands, run by bash as they are written (the server's address
     aside) against `imuge serve`, on a photo whose base64 text no command-line argument could
     hold: the answer is the photo's, and intact."""
@@ -733,16 +741,11 @@ def test_readme_rest_example_runs_as_written(hand_set, tmp_path):
     photo = calm_photo(13, height, width)
     Image.fromarray(photo).save(tmp_path / "received.png")
     assert os.path.getsize(tmp_path / "received.png") * 4 / 3 > 128 * 1024
-    process, url = start_serve(hand_set[2])
-    try:
-        # `python3` is this interpreter where it has that name beside it.
-        path = os.pathsep.join([os.path.dirname(sys.executable), ENV.get("PATH", "")])
-        result = subprocess.run(["bash", "-e", "-c", commands.replace(README_URL, url)],
-                                cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                                env={**ENV, "PATH": path})
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=180) == 0
+    # `python3` is this interpreter where it has that name beside it.
+    path = os.pathsep.join([os.path.dirname(sys.executable), ENV.get("PATH", "")])
+    result = subprocess.run(["bash", "-e", "-c", commands.replace(README_URL, imuge_serve)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**ENV, "PATH": path})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "intact"
     (prediction,) = json.loads((tmp_path / "response.json").read_text())["predictions"]
