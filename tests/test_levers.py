@@ -224,6 +224,7 @@ def test_carrier_layers_round_trip_and_refuse_progressive():
         load_config("smoke", ["model.carrier_amplitude=-1"])
 
 
+@pytest.mark.slow  # an export: a TFLite conversion
 def test_carrier_encoder_converts_to_builtin_tflite_ops(tmp_path):
     """The fixed-size export folds the pattern into a constant; with the learned head zeroed,
     the TFLite residual is exactly the +-4-level carrier."""

@@ -318,31 +318,3 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     result = run_train([], workdir)
     assert result.returncode == 2
     assert "model.base_filters" in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-def test_init_from_copies_the_networks_but_not_the_schedule(tmp_path):
-    import keras
-
-    from imuge_tf.training import TrainingError, _warm_start, train
-
-    config = load_config("smoke", ["train.epochs=1", "train.steps_per_epoch=1",
-                                   "model.progressive_recovery=false"])
-    photos = sample_photos()[:2]
-    first = tmp_path / "first"
-    train(config, photos, str(first), verbose=0, log=lambda *args: None)
-    trained = keras.saving.load_model(str(first / "inference" / "encoder.keras"))
-
-    fresh = compile_imuge(build_imuge(config), config)
-    assert not np.allclose(fresh.encoder.get_weights()[0], trained.get_weights()[0])
-    _warm_start(fresh, str(first))
-    for loaded, expected in zip(fresh.encoder.get_weights(), trained.get_weights()):
-        np.testing.assert_array_equal(loaded, expected)
-    assert int(fresh.optimizer.iterations.numpy()) == 0  # a fresh schedule
-    # Without a checkpoint, the inference networks of a folder (e.g. a shipped model) serve.
-    other = compile_imuge(build_imuge(config), config)
-    _warm_start(other, str(first / "inference"))
-    for loaded, expected in zip(other.encoder.get_weights(), trained.get_weights()):
-        np.testing.assert_array_equal(loaded, expected)
-    with pytest.raises(TrainingError, match="no checkpoint"):
-        _warm_start(fresh, str(tmp_path / "nowhere"))

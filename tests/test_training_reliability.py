@@ -1,10 +1,12 @@
 """Training that fails loudly and reproducibly: divergence stops the run, a seed fixes the run,
-and resume survives what a kill or a bad disk leaves behind.
+resume survives what a kill or a bad disk leaves behind, and --init-from starts a new run
+from another run's networks.
 
 The long soak (kill -9 twenty times, also during saves) is `benchmarks/reliability.py`.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,8 +15,9 @@ import pytest
 import tensorflow as tf
 
 from imuge_tf.config import load_config
+from imuge_tf.models.factory import build_imuge, compile_imuge
 from imuge_tf.samples import sample_photos
-from imuge_tf.training import train
+from imuge_tf.training import TrainingError, _warm_start, train
 
 # Real trainings, some of them in subprocesses: minutes.
 pytestmark = pytest.mark.slow
@@ -42,7 +45,8 @@ def all_finite(tensors):
 @pytest.fixture(scope="module")
 def twin_runs(tmp_path_factory):
     """Two runs of the same config and seed, in one process (so the global random state has
-    moved on between them: only the seed can make them equal)."""
+    moved on between them: only the seed can make them equal). Tests that damage a run's
+    files do it to a copy (`copy_of`): a training run is the costly part of each test."""
     config = load_config("smoke", SHORT)
     photos = sample_photos()[:3]
     folders = []
@@ -53,6 +57,12 @@ def twin_runs(tmp_path_factory):
     return config, photos, folders
 
 
+def copy_of(workdir, tmp_path):
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    return copy
+
+
 def test_two_runs_with_one_seed_are_identical_bit_for_bit(twin_runs):
     _, _, (first, second) = twin_runs
     a, b = checkpoint_tensors(first), checkpoint_tensors(second)
@@ -61,8 +71,9 @@ def test_two_runs_with_one_seed_are_identical_bit_for_bit(twin_runs):
     assert differing == []
 
 
-def test_resume_skips_an_unreadable_latest_checkpoint(twin_runs):
-    config, photos, (_, workdir) = twin_runs
+def test_resume_skips_an_unreadable_latest_checkpoint(twin_runs, tmp_path):
+    config, photos, (_, second) = twin_runs
+    workdir = copy_of(second, tmp_path)
     checkpoints = os.path.join(workdir, "checkpoints")
     assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-2")
     data = os.path.join(checkpoints, "ckpt-2.data-00000-of-00001")
@@ -86,8 +97,9 @@ def test_resume_skips_an_unreadable_latest_checkpoint(twin_runs):
     assert all_finite(checkpoint_tensors(workdir))
 
 
-def test_a_garbled_state_file_does_not_hide_the_checkpoints(twin_runs):
+def test_a_garbled_state_file_does_not_hide_the_checkpoints(twin_runs, tmp_path):
     config, photos, (first, _) = twin_runs
+    first = copy_of(first, tmp_path)
     checkpoints = os.path.join(first, "checkpoints")
     with open(os.path.join(checkpoints, "checkpoint"), "w") as stream:
         stream.write("model_checkpoint_path: {{{ not a proto")
@@ -97,6 +109,26 @@ def test_a_garbled_state_file_does_not_hide_the_checkpoints(twin_runs):
     result = train(config, photos, first, verbose=0, log=lines.append)
     assert result["start_step"] == 2 and result["step"] == 2
     assert any("nothing to do" in line for line in lines), lines
+
+
+def test_init_from_copies_the_networks_but_not_the_schedule(twin_runs, tmp_path):
+    import keras
+
+    config, _, (first, _) = twin_runs
+    trained = keras.saving.load_model(os.path.join(first, "inference", "encoder.keras"))
+    fresh = compile_imuge(build_imuge(config), config)
+    assert not np.allclose(fresh.encoder.get_weights()[0], trained.get_weights()[0])
+    _warm_start(fresh, first)
+    for loaded, expected in zip(fresh.encoder.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(loaded, expected)
+    assert int(fresh.optimizer.iterations.numpy()) == 0  # a fresh schedule
+    # Without a checkpoint, the inference networks of a folder (e.g. a shipped model) serve.
+    other = compile_imuge(build_imuge(config), config)
+    _warm_start(other, os.path.join(first, "inference"))
+    for loaded, expected in zip(other.encoder.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(loaded, expected)
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        _warm_start(fresh, str(tmp_path / "nowhere"))
 
 
 def test_divergence_exits_non_zero_with_one_line_and_keeps_the_last_finite_checkpoint(
