@@ -122,9 +122,6 @@ def render(results: dict) -> str:
                   f"targets: fast tier under {_minutes(TARGETS_S['fast'])}, full suite under "
                   f"{_minutes(TARGETS_S['full'])} on 2 idle cores."]
     for name, record in tiers.items():
-        if record.get("note"):
-            lines += ["", f"The {name} tier: {record['note']}"]
-    for name, record in tiers.items():
         if record["slowest"]:
             lines += ["", f"Slowest tests of the {name} tier (setup + call + teardown):", "",
                       common.markdown_table(["test", "s"], [[f"`{item['test']}`",

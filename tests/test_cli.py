@@ -28,6 +28,7 @@ from imuge_tf import cli
 from imuge_tf.cli import batch as cli_batch
 from imuge_tf.cli import parser as cli_parser
 from imuge_tf.cli import quiet
+from imuge_tf.cli.model_commands import DEMO_MARKER
 from imuge_tf.pipeline import RECOVERY_MARGIN
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
@@ -448,8 +449,6 @@ def test_evaluate_and_demo_are_wired(photos, model_dir, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(demo, "run_demo",
                         lambda imuge, out_dir, *, progress=True: {"psnr": 40.0})
-    from imuge_tf.cli.model_commands import DEMO_MARKER
-
     folder = tmp_path / "demo"
     assert cli.main(["demo", "--out", str(folder), "--model", str(model_dir)]) == 0
     assert "psnr: 40" in capsys.readouterr().out

@@ -99,14 +99,14 @@ def test_resume_skips_an_unreadable_latest_checkpoint(twin_runs, tmp_path):
 
 def test_a_garbled_state_file_does_not_hide_the_checkpoints(twin_runs, tmp_path):
     config, photos, (first, _) = twin_runs
-    first = copy_of(first, tmp_path)
-    checkpoints = os.path.join(first, "checkpoints")
+    workdir = copy_of(first, tmp_path)
+    checkpoints = os.path.join(workdir, "checkpoints")
     with open(os.path.join(checkpoints, "checkpoint"), "w") as stream:
         stream.write("model_checkpoint_path: {{{ not a proto")
     # The run is complete at its latest checkpoint, so resuming finds it and has no step left
     # (a resume that missed it would start from step 0 and train).
     lines = []
-    result = train(config, photos, first, verbose=0, log=lines.append)
+    result = train(config, photos, workdir, verbose=0, log=lines.append)
     assert result["start_step"] == 2 and result["step"] == 2
     assert any("nothing to do" in line for line in lines), lines
 
